@@ -1,0 +1,1 @@
+"""Framework-free core of the recommender: importable and testable without Kedro."""
