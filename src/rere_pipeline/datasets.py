@@ -1,16 +1,18 @@
 """Kedro datasets of this project.
 
-``SourceCSVDataset`` is ``pandas.CSVDataset`` that remembers which file a frame came from
+* ``SourceCSVDataset`` is ``pandas.CSVDataset`` that remembers which file a frame came from
 (``frame.attrs["source"]``), so that validation errors and quarantined rows name the file,
 and that turns an unreadable file into an error naming it and the rule it broke.
+* ``HFModelDataset`` is a Hugging Face model directory (a causal LM and its tokenizer).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from kedro.io import DatasetError
+from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets.pandas import CSVDataset
 
 
@@ -31,3 +33,39 @@ class SourceCSVDataset(CSVDataset):
             ) from exc
         frame.attrs["source"] = self._source
         return frame
+
+
+class HFModelDataset(AbstractDataset):
+    """A Hugging Face model directory (weights as safetensors + tokenizer) as a ``Backbone``.
+
+    Loading goes through ``AutoTokenizer`` / ``AutoModelForCausalLM`` with local files only;
+    ``load_args`` may set ``dtype``, ``device`` and ``trust_remote_code`` (off by default).
+    Saving is atomic: a failed save leaves the previous model in place.
+    """
+
+    def __init__(
+        self, *, path: str, load_args: dict[str, Any] | None = None, metadata: dict | None = None
+    ) -> None:
+        self._path = Path(path)
+        self._load_args = dict(load_args or {})
+        self.metadata = metadata
+
+    def load(self):
+        from rere_pipeline.recsys.backbone import load_backbone
+
+        if not (self._path / "config.json").exists():
+            raise DatasetError(
+                f"{self._path}: no model here (config.json missing); run the stage that writes it first"
+            )
+        return load_backbone(self._path, **self._load_args)
+
+    def save(self, data) -> None:
+        from rere_pipeline.recsys.backbone import save_backbone
+
+        save_backbone(data, self._path)
+
+    def _exists(self) -> bool:
+        return (self._path / "config.json").exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path), "load_args": self._load_args}

@@ -1,14 +1,27 @@
-"""Project pipelines. ``full`` chains every stage that exists, in data-flow order."""
+"""Project pipelines, registered by name; ``full`` chains them in data-flow order.
+
+The registry is explicit rather than ``find_pipelines``: Kedro 1.7 loads only the pipeline
+modules named on the command line, so a composed pipeline like ``full`` must be built here.
+"""
 
 from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from rere_pipeline.pipelines import data
+from rere_pipeline.pipelines import backbone, baselines, data, evaluate, prompts, sft
+
+STAGES = {
+    "data": data,
+    "backbone": backbone,
+    "prompts": prompts,
+    "sft": sft,
+    "baselines": baselines,
+    "evaluate": evaluate,
+}
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    pipelines = {"data": data.create_pipeline()}
+    pipelines = {name: module.create_pipeline() for name, module in STAGES.items()}
     pipelines["full"] = sum(pipelines.values(), Pipeline([]))
     pipelines["__default__"] = pipelines["full"]
     return pipelines

@@ -6,6 +6,10 @@ configured in ``conf/base/mlflow.yml``; nothing here needs to change for it.
 
 from kedro.config import OmegaConfigLoader
 
+from rere_pipeline.hooks import RuntimeHook
+
+HOOKS = (RuntimeHook(),)
+
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

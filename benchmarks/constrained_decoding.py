@@ -1,0 +1,127 @@
+"""Constrained beam search: ours vs transformers' ``generate`` + a prefix-constraint processor.
+
+Same model, same prompts, same beam width. Prints users/second of each, the ratio, the share
+of our decode time spent in constraint work, and whether both return the same groups.
+
+    python benchmarks/constrained_decoding.py --model data/06_models/sft --rows 64 --beams 20
+
+The model defaults to the SFT model (run `kedro run --pipelines=backbone,prompts,sft` first);
+prompts are the first ``--rows`` official test rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import pandas as pd
+import torch
+
+from rere_pipeline.recsys.backbone import load_backbone
+from rere_pipeline.recsys.decoding import (
+    DecodeTimings,
+    constrained_beam_search,
+    hf_constrained_beam_search,
+)
+from rere_pipeline.recsys.prompts import PromptTemplate
+from rere_pipeline.recsys.recommend import CatalogueRecommender
+
+log = logging.getLogger("benchmark")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="data/06_models/sft")
+    parser.add_argument("--catalogue", default="data/03_primary/catalogue.parquet")
+    parser.add_argument("--rows", default="data/05_model_input/test.parquet")
+    parser.add_argument("--n", type=int, default=64, help="prompts to decode")
+    parser.add_argument("--beams", type=int, default=20)
+    parser.add_argument("--hf-batch", type=int, default=8, help="prompts per generate() call")
+    parser.add_argument("--our-batch", type=int, default=32, help="prompts per batch in ours")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+
+    backbone = load_backbone(args.model, device=args.device)
+    catalogue = pd.read_parquet(args.catalogue)
+    rows = pd.read_parquet(args.rows).iloc[: args.n]
+    rec = CatalogueRecommender(
+        backbone.tokenizer, backbone.model, catalogue, PromptTemplate(), num_beams=args.beams
+    )
+    prompts = rec.prompt_ids([list(h) for h in rows["history_item_title"]])
+    trie = rec.trie.to(args.device)
+    log.info(
+        "%d prompts (mean %.1f tokens), beam width %d, device %s, %d threads",
+        len(prompts),
+        sum(map(len, prompts)) / len(prompts),
+        args.beams,
+        args.device,
+        args.threads,
+    )
+
+    def timed(fn):
+        start = time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - start
+
+    hf, hf_s = timed(
+        lambda: hf_constrained_beam_search(
+            backbone.model,
+            prompts,
+            trie,
+            args.beams,
+            batch_size=args.hf_batch,
+            pad_token_id=backbone.tokenizer.pad_token_id,
+        )
+    )
+    same, same_s = timed(
+        lambda: constrained_beam_search(
+            backbone.model,
+            prompts,
+            trie,
+            args.beams,
+            batch_size=args.hf_batch,
+            pad_token_id=backbone.tokenizer.pad_token_id,
+        )
+    )
+    timings = DecodeTimings()
+    ours, ours_s = timed(
+        lambda: constrained_beam_search(
+            backbone.model,
+            prompts,
+            trie,
+            args.beams,
+            batch_size=args.our_batch,
+            pad_token_id=backbone.tokenizer.pad_token_id,
+            timings=timings,
+        )
+    )
+
+    n = len(prompts)
+    total = sum(timings.seconds.values())
+    equal = sum(a.items == b.items for a, b in zip(hf, ours, strict=True))
+    equal_same = sum(a.items == b.items for a, b in zip(hf, same, strict=True))
+    print(f"{'decoder':<44}{'users/s':>10}{'s/user':>10}{'vs HF':>8}")  # noqa: T201
+    for name, seconds in (
+        (f"HF generate + TrieLogitsProcessor (batch {args.hf_batch})", hf_s),
+        (f"ours (batch {args.hf_batch})", same_s),
+        (f"ours (batch {args.our_batch})", ours_s),
+    ):
+        print(f"{name:<44}{n / seconds:>10.2f}{seconds / n:>10.3f}{hf_s / seconds:>7.2f}x")  # noqa: T201
+    print(
+        f"time share in ours (batch {args.our_batch}): "
+        + ", ".join(f"{k} {v / total:.1%}" for k, v in sorted(timings.seconds.items()))
+    )  # noqa: T201
+    print(f"constraint work: {timings.seconds['constraint'] / total:.1%} of decode time")  # noqa: T201
+    print(
+        f"same groups as HF: {equal}/{n} (batch {args.our_batch}), {equal_same}/{n} (batch {args.hf_batch})"
+    )  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

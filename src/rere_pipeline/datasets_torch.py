@@ -1,0 +1,36 @@
+"""Kedro datasets for torch models of this project.
+
+``SASRecDataset`` saves a ``recsys.sasrec.SASRec`` as a folder holding ``model.safetensors``
+and ``config.json`` (never pickle) and loads it back in eval mode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kedro.io import AbstractDataset
+
+from rere_pipeline.recsys import sasrec
+
+
+class SASRecDataset(AbstractDataset[sasrec.SASRec, sasrec.SASRec]):
+    """A SASRec model folder: ``<path>/model.safetensors`` + ``<path>/config.json``."""
+
+    def __init__(self, *, path: str, metadata: dict[str, Any] | None = None) -> None:
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def load(self) -> sasrec.SASRec:
+        return sasrec.load_sasrec(self._path)
+
+    def save(self, data: sasrec.SASRec) -> None:
+        sasrec.save_sasrec(data, self._path)
+
+    def _exists(self) -> bool:
+        return (self._path / sasrec.WEIGHTS_FILE).is_file() and (
+            self._path / sasrec.CONFIG_FILE
+        ).is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}

@@ -1,0 +1,47 @@
+"""Wiring of the ``evaluate`` pipeline: every model on the same rows, one report."""
+
+from kedro.pipeline import Node, Pipeline
+
+from . import nodes
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                nodes.evaluate_sft,
+                [
+                    "sft_model",
+                    "catalogue",
+                    "prompts_valid",
+                    "prompts_test",
+                    "params:evaluate",
+                    "params:prompts",
+                ],
+                ["sft_evaluation", "sft_predictions"],
+                name="evaluate_sft",
+            ),
+            Node(
+                nodes.combine_reports,
+                ["sft_evaluation", "sasrec_evaluation"],
+                "evaluation",
+                name="combine_reports",
+            ),
+            Node(
+                nodes.markdown_table,
+                ["evaluation", "params:evaluate"],
+                "evaluation_table",
+                name="evaluation_table",
+            ),
+            Node(
+                nodes.curves_figure,
+                ["evaluation", "params:evaluate"],
+                "evaluation_plot",
+                name="evaluation_plot",
+            ),
+            Node(
+                nodes.mlflow_metrics, "evaluation", "evaluation_metrics", name="evaluation_metrics"
+            ),
+        ],
+        tags="evaluate",
+    )

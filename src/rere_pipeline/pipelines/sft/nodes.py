@@ -1,0 +1,106 @@
+"""Nodes of the ``sft`` pipeline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from rere_pipeline.recsys import sft
+from rere_pipeline.recsys.backbone import Backbone
+
+log = logging.getLogger(__name__)
+
+
+def _columns(prompts: pd.DataFrame) -> dict[str, list]:
+    return {
+        "input_ids": [list(x) for x in prompts["input_ids"]],
+        "completion_mask": [list(x) for x in prompts["completion_mask"]],
+    }
+
+
+def _prepare_checkpoints(output_dir: Path, fingerprint: str) -> None:
+    """Keep checkpoints only if they belong to this very run (same data and parameters), so a
+    killed run resumes and a changed one starts afresh."""
+    stamp = output_dir / "fingerprint.txt"
+    if output_dir.exists() and (not stamp.exists() or stamp.read_text() != fingerprint):
+        log.info("checkpoints in %s are from another configuration: starting afresh", output_dir)
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
+
+
+def fine_tune(
+    backbone: Backbone, prompts_train: pd.DataFrame, prompts_valid: pd.DataFrame, params: dict
+) -> tuple[Backbone, dict, object]:
+    """SFT on the train prompts, early-stopped on the loss over ``valid_rows`` valid prompts."""
+    valid = prompts_valid.sample(
+        n=min(int(params["valid_rows"]), len(prompts_valid)),
+        random_state=int(params.get("seed", 0)),
+    )
+    output_dir = Path(params["output_dir"])
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            {
+                "params": params,
+                "train": len(prompts_train),
+                "first": list(map(int, prompts_train["input_ids"].iloc[0])),
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()
+    _prepare_checkpoints(output_dir, fingerprint)
+    model, history, _adapter = sft.train_sft(
+        backbone.model,
+        backbone.tokenizer,
+        _columns(prompts_train),
+        _columns(valid),
+        params,
+        output_dir,
+    )
+    shutil.rmtree(output_dir)  # finished: the model itself is the output
+    return Backbone(backbone.tokenizer, model), training_metrics(history), loss_figure(history)
+
+
+def training_metrics(history: list[dict]) -> dict:
+    """TRL's log history as MLflow metric series (``sft.loss``, ``sft.eval_loss`` ...)."""
+    series: dict[str, list[dict]] = {}
+    for entry in history:
+        step = int(entry.get("step", 0))
+        for key in (
+            "loss",
+            "eval_loss",
+            "learning_rate",
+            "grad_norm",
+            "mean_token_accuracy",
+            "eval_mean_token_accuracy",
+        ):
+            if key in entry:
+                series.setdefault(key, []).append({"value": float(entry[key]), "step": step})
+    return series
+
+
+def loss_figure(history: list[dict]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("loss", "train loss"), ("eval_loss", "valid loss")):
+        points = [(e["step"], e[key]) for e in history if key in e]
+        if points:
+            ax.plot(
+                *zip(*points, strict=True), marker="o" if key == "eval_loss" else None, label=label
+            )
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy on completion tokens")
+    ax.set_title("SFT")
+    ax.legend()
+    fig.tight_layout()
+    return fig

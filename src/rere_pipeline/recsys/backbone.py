@@ -1,0 +1,165 @@
+"""The backbone: a causal LM and its tokenizer, as an ordinary Hugging Face model directory.
+
+Offline default: a byte-level BPE tokenizer trained with ``tokenizers`` on the catalogue
+titles and the prompt text, and a small Qwen2-architecture model built from a config. Any
+local causal-LM checkpoint (e.g. Qwen2.5-0.5B) loads through the same ``load_backbone``:
+``AutoTokenizer`` / ``AutoModelForCausalLM``, local files only, no remote code by default.
+Nothing here branches on the model's name.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+log = logging.getLogger(__name__)
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+
+
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, min_frequency: int = 2
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on ``texts``, with exactly Qwen2's text pipeline.
+
+    ``AutoTokenizer`` loads a ``qwen2`` model directory through ``Qwen2Tokenizer``, which
+    rebuilds the normaliser and pre-tokeniser its own way (NFC, Qwen2's split regex, then
+    byte-level). Training with the same pipeline makes the saved tokenizer reload exactly.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token=EOS, pad_token=PAD, padding_side="left"
+    )
+
+
+def build_model(
+    tokenizer,
+    *,
+    hidden_size: int,
+    intermediate_size: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    max_positions: int,
+    seed: int = 0,
+    **extra,
+) -> Qwen2ForCausalLM:
+    """A freshly initialised Qwen2 causal LM sized by the parameters."""
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = greedy_generation_config(tokenizer)
+    log.info(
+        "built Qwen2 backbone: %.2fM parameters, vocab %d",
+        model.num_parameters() / 1e6,
+        len(tokenizer),
+    )
+    return model
+
+
+def greedy_generation_config(tokenizer) -> GenerationConfig:
+    """Every sampling field explicit, so a saved ``generation_config.json`` never turns beam
+    search into sampling."""
+    return GenerationConfig(
+        do_sample=False,
+        temperature=1.0,
+        top_k=None,
+        top_p=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def load_backbone(
+    path: str | Path,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+):
+    """``Backbone(tokenizer, model)`` from a local Hugging Face directory; never touches a hub."""
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(path), local_files_only=True, trust_remote_code=trust_remote_code
+    )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path),
+        local_files_only=True,
+        trust_remote_code=trust_remote_code,
+        dtype=getattr(torch, dtype) if dtype != "auto" else "auto",
+    )
+    model.generation_config = greedy_generation_config(tokenizer)
+    model.eval()
+    return Backbone(tokenizer, model.to(device))
+
+
+class Backbone(NamedTuple):
+    """A tokenizer and its causal LM, as saved in one Hugging Face directory."""
+
+    tokenizer: object
+    model: torch.nn.Module
+
+
+def save_backbone(backbone: Backbone, path: str | Path) -> None:
+    """Write the model (safetensors) and tokenizer to ``path`` atomically: a failed save
+    leaves whatever was there before untouched."""
+    import shutil
+
+    path = Path(path)
+    staging = path.with_name(path.name + ".saving")
+    shutil.rmtree(staging, ignore_errors=True)
+    backbone.model.save_pretrained(staging)
+    backbone.tokenizer.save_pretrained(staging)
+    previous = path.with_name(path.name + ".previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    if path.exists():
+        path.rename(previous)
+    staging.rename(path)
+    shutil.rmtree(previous, ignore_errors=True)

@@ -1,0 +1,380 @@
+"""Constrained beam search over the catalogue: G distinct, valid items per prompt.
+
+``constrained_beam_search`` reproduces ``transformers``' beam search (``num_beams = G``,
+``num_return_sequences = G``, no sampling) under a catalogue-trie constraint, and returns the
+same groups, but does less work:
+
+* the prompt is run **once** and its KV cache is expanded to the G beams afterwards (HF
+  ``generate`` copies every prompt G times *before* prefill, so prefill costs G times more);
+* many prompts are decoded together; a prompt whose beams can no longer improve leaves the
+  batch at once instead of riding along until the slowest prompt is done;
+* the constraint is pure tensor work on the trie (``ItemTrie.children``): only the allowed
+  (beam, token) pairs are scored, so no ``[beams, vocab]`` mask is ever built.
+
+Scores are the model's log-probabilities (log-softmax over the whole vocabulary, as HF's
+logits processors see them), summed over the completion and divided by
+``length ** length_penalty``. With the default ``length_penalty = 0`` a group is ordered by
+the likelihood of each item's full completion. We deliberately do **not** renormalise over
+the allowed tokens: the score stays the model's own probability of the title.
+
+``TrieLogitsProcessor`` is the same constraint as an HF ``LogitsProcessor``, used for the
+equality test and the benchmark against ``model.generate``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LogitsProcessor
+from transformers.cache_utils import DynamicLayer
+
+from rere_pipeline.recsys.trie import ItemTrie
+
+_NEG = -1.0e9  # HF's "impossible" score
+
+
+@dataclass
+class Group:
+    """One prompt's beams, best first: trie leaf items, their scores and completion ids."""
+
+    items: list[int]  # index into ``ItemTrie.sequences``
+    scores: list[float]
+    completions: list[list[int]]
+
+
+@dataclass
+class DecodeTimings:
+    """Seconds spent per part of decoding (for the benchmark)."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def add(self, part: str, since: float) -> float:
+        now = time.perf_counter()
+        self.seconds[part] += now - since
+        return now
+
+
+def left_pad(
+    prompts: Sequence[Sequence[int]], pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of prompts padded on the left to one length."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
+        mask[row, width - len(prompt) :] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def constrained_beam_search(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    trie: ItemTrie,
+    num_beams: int,
+    *,
+    batch_size: int = 32,
+    length_penalty: float = 0.0,
+    pad_token_id: int | None = None,
+    timings: DecodeTimings | None = None,
+    progress: bool = False,
+) -> list[Group]:
+    """Top-``num_beams`` catalogue items for every prompt (token ids), in beam order.
+
+    Prompts are decoded in batches of ``batch_size``, longest first so that each batch has
+    little padding; the result is in the order of ``prompts``.
+    """
+    from tqdm.auto import tqdm
+
+    pad = trie.eos_token_id if pad_token_id is None else pad_token_id
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    results: list[Group | None] = [None] * len(prompts)
+    bar = tqdm(
+        total=len(prompts), desc="constrained beam search", unit="prompt", disable=not progress
+    )
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        groups = _search_batch(
+            model, [prompts[i] for i in chunk], trie, num_beams, length_penalty, pad, timings
+        )
+        for i, group in zip(chunk, groups, strict=True):
+            results[i] = group
+        bar.update(len(chunk))
+    bar.close()
+    return results  # type: ignore[return-value]
+
+
+class _BeamLayer(DynamicLayer):
+    """One layer's KV cache for beam search, in buffers allocated once.
+
+    ``DynamicLayer`` grows by concatenation (a copy of the whole cache every step) and beam
+    reordering gathers the whole cache again. Here new tokens are written in place, and a
+    reorder within each prompt's beams moves only the generated part: a prompt's beams share
+    the same prompt keys and values, so those never need to move.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
+        super().__init__()
+        rows, heads, length, dim = keys.shape
+        self._k = keys.new_empty((rows, heads, capacity, dim))
+        self._v = values.new_empty((rows, heads, capacity, dim))
+        self._k[:, :, :length] = keys
+        self._v[:, :, :length] = values
+        self.length, self.dtype, self.device, self.is_initialized = (
+            length,
+            keys.dtype,
+            keys.device,
+            True,
+        )
+        self._expose()
+
+    def _expose(self) -> None:
+        self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        end = self.length + key_states.shape[-2]
+        self._k[:, :, self.length : end] = key_states
+        self._v[:, :, self.length : end] = value_states
+        self.length = end
+        self._expose()
+        return self.keys, self.values
+
+    def reorder_from(self, rows: torch.Tensor, start: int) -> None:
+        """Row r takes row ``rows[r]``'s cache from position ``start`` on."""
+        self._k[:, :, start : self.length] = self._k[rows, :, start : self.length]
+        self._v[:, :, start : self.length] = self._v[rows, :, start : self.length]
+        self._expose()
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep (and repeat) whole rows: used to drop finished prompts."""
+        self._k, self._v = self._k[rows], self._v[rows]
+        self._expose()
+
+
+def _expand_cache(cache, rows: torch.Tensor, capacity: int) -> None:
+    """After prefill: one cache row per beam, in preallocated beam layers."""
+    cache.layers = [
+        _BeamLayer(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), capacity)
+        for layer in cache.layers
+    ]
+
+
+def _search_batch(
+    model, prompts, trie: ItemTrie, G: int, length_penalty: float, pad: int, timings
+) -> list[Group]:
+    device = next(model.parameters()).device
+    timings = timings or DecodeTimings()
+    clock = time.perf_counter()
+    trie = trie if trie.edge_key.device == device else trie.to(device)
+    ids, mask = (t.to(device) for t in left_pad(prompts, pad))
+    P, prompt_width = ids.shape
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+        use_cache=True,
+    )
+    cache, logits = out.past_key_values, out.logits[:, -1, :]
+    clock = timings.add("prefill", clock)
+
+    # The batch holds ``B`` prompts (``batch_prompt``: their index in ``prompts``) with
+    # ``width`` beam rows each (1 before the first step, G after). A finished prompt stays in
+    # the batch, inert, until half the batch has finished; then the batch is compacted.
+    batch_prompt = torch.arange(P, device=device)
+    alive = torch.ones(P, dtype=torch.bool, device=device)
+    width = 1
+    beam_node = torch.zeros(P, dtype=torch.long, device=device)
+    beam_score = torch.zeros(P, device=device)
+    beam_tokens = torch.zeros((P, 0), dtype=torch.long, device=device)
+    row_mask, positions = mask, mask.sum(-1) - 1
+    # Finished hypotheses per prompt (top G by normalised score), as in HF's beam search.
+    fin_score = torch.full((P, G), _NEG, device=device)
+    fin_item = torch.full((P, G), -1, dtype=torch.long, device=device)
+
+    for step in range(trie.depth):
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        clock = timings.add("model", clock)
+        B = int(batch_prompt.numel())
+        live_rows = alive.repeat_interleave(width) & (beam_score > _NEG / 2)
+
+        # ---- candidates: every allowed (beam, token), scored; top 2G per prompt -------------
+        owner, token, child = trie.children(torch.where(live_rows, beam_node, -1))
+        cand = beam_score[owner] + log_probs[owner, token]
+        cand_prompt = owner // width
+        by_score = torch.argsort(cand, descending=True, stable=True)
+        ranked = by_score[torch.argsort(cand_prompt[by_score], stable=True)]
+        counts = torch.bincount(cand_prompt, minlength=B)
+        rank = (
+            torch.arange(ranked.numel(), device=device)
+            - (torch.cumsum(counts, 0) - counts)[cand_prompt[ranked]]
+        )
+        top, top_rank = ranked[rank < 2 * G], rank[rank < 2 * G]
+        top_prompt = cand_prompt[top]
+        is_eos = token[top] == trie.eos_token_id
+
+        # ---- finished: EOS among a prompt's top G, merged into its top-G finished ----------
+        new = is_eos & (top_rank < G)
+        norm = float(step + 1) ** length_penalty
+        add_score = torch.full((B, G), _NEG, device=device)
+        add_item = torch.full((B, G), -1, dtype=torch.long, device=device)
+        add_score[top_prompt[new], top_rank[new]] = cand[top[new]] / norm
+        add_item[top_prompt[new], top_rank[new]] = trie.leaf_item[child[top[new]]]
+        merged_score = torch.cat([fin_score[batch_prompt], add_score], dim=1)
+        merged_item = torch.cat([fin_item[batch_prompt], add_item], dim=1)
+        best = torch.topk(merged_score, k=G, dim=1).indices
+        fin_score[batch_prompt] = torch.gather(merged_score, 1, best)
+        fin_item[batch_prompt] = torch.gather(merged_item, 1, best)
+
+        # ---- running: the best G non-EOS candidates of each prompt's top 2G ----------------
+        kept, kept_prompt = top[~is_eos], top_prompt[~is_eos]
+        kept_counts = torch.bincount(kept_prompt, minlength=B)
+        slot = (
+            torch.arange(kept.numel(), device=device)
+            - (torch.cumsum(kept_counts, 0) - kept_counts)[kept_prompt]
+        )
+        kept, kept_prompt, slot = kept[slot < G], kept_prompt[slot < G], slot[slot < G]
+        run_score = torch.full((B, G), float("-inf"), device=device)
+        run_node = torch.full((B, G), -1, dtype=torch.long, device=device)
+        run_token = torch.full((B, G), pad, dtype=torch.long, device=device)
+        # a slot with no beam (and every slot of a finished prompt) keeps a row of its own prompt
+        own_rows = torch.arange(B, device=device)[:, None] * width + (
+            torch.arange(G, device=device) if width == G else 0
+        )
+        run_parent = own_rows.expand(B, G).clone()
+        run_score[kept_prompt, slot] = cand[kept]
+        run_node[kept_prompt, slot] = child[kept]
+        run_parent[kept_prompt, slot] = owner[kept]
+        run_token[kept_prompt, slot] = token[kept]
+
+        # ---- a prompt stops when no running beam can beat its worst finished one (HF rule) -
+        fins = fin_score[batch_prompt]
+        worst_finished = torch.where((fins > _NEG / 2).all(dim=1), fins.min(dim=1).values, _NEG)
+        alive = alive & (run_score[:, 0] / norm > worst_finished)
+        clock = timings.add("constraint", clock)
+        n_alive = int(alive.sum())
+        if n_alive == 0 or step + 1 == trie.depth:
+            break
+
+        # ---- next step: move the cache to the surviving beams -------------------------------
+        if width == 1 or 2 * n_alive <= B:  # expand after prefill, or drop finished prompts
+            keep = torch.nonzero(alive).squeeze(1)
+            parent = run_parent[keep].reshape(-1)
+            if width == 1:
+                _expand_cache(cache, parent, prompt_width + trie.depth)
+            else:
+                for layer in cache.layers:
+                    layer.select(parent)
+            batch_prompt, alive = batch_prompt[keep], alive[keep]
+            run_score, run_node, run_token = run_score[keep], run_node[keep], run_token[keep]
+        else:
+            parent = run_parent.reshape(-1)
+            for layer in cache.layers:
+                layer.reorder_from(parent, prompt_width)
+        width = G
+        beam_node, beam_score = run_node.reshape(-1), run_score.reshape(-1)
+        beam_tokens = torch.cat([beam_tokens[parent], run_token.reshape(-1, 1)], dim=1)
+        row_mask, positions = row_mask[parent], positions[parent] + 1
+        attention = torch.cat([row_mask, torch.ones_like(beam_tokens)], dim=1)
+        clock = timings.add("cache", clock)
+        out = model(
+            input_ids=beam_tokens[:, -1:],
+            attention_mask=attention,
+            position_ids=positions[:, None],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache, logits = out.past_key_values, out.logits[:, -1, :]
+
+    groups = []
+    for p in range(P):
+        valid = fin_score[p] > _NEG / 2
+        items = fin_item[p][valid].tolist()
+        groups.append(
+            Group(
+                items=items,
+                scores=fin_score[p][valid].tolist(),
+                completions=[list(trie.sequences[i]) for i in items],
+            )
+        )
+    timings.add("finish", clock)
+    return groups
+
+
+class TrieLogitsProcessor(LogitsProcessor):
+    """HF ``LogitsProcessor``: only tokens that continue a catalogue completion are allowed.
+
+    ``prompt_length`` is the (padded) prompt width: generated tokens start there.
+    """
+
+    def __init__(self, trie: ItemTrie, prompt_length: int):
+        self.trie = trie
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        nodes = self.trie.walk(input_ids[:, self.prompt_length :])
+        allowed = self.trie.allowed_mask(nodes)
+        return scores.masked_fill(~allowed, float("-inf"))
+
+
+def hf_constrained_beam_search(
+    model,
+    prompts: Sequence[Sequence[int]],
+    trie: ItemTrie,
+    num_beams: int,
+    *,
+    batch_size: int = 8,
+    length_penalty: float = 0.0,
+    pad_token_id: int | None = None,
+) -> list[Group]:
+    """The same search through ``model.generate`` + ``TrieLogitsProcessor`` (the reference)."""
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    pad = trie.eos_token_id if pad_token_id is None else pad_token_id
+    config = GenerationConfig(
+        num_beams=num_beams,
+        num_return_sequences=num_beams,
+        do_sample=False,  # every sampling field explicit: a checkpoint's defaults must not leak in
+        temperature=1.0,
+        top_k=None,
+        top_p=None,
+        length_penalty=length_penalty,
+        early_stopping=False,
+        max_new_tokens=trie.depth,
+        eos_token_id=trie.eos_token_id,
+        pad_token_id=pad,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    device = next(model.parameters()).device
+    sequence_index = {seq: i for i, seq in enumerate(trie.sequences)}
+    groups = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            ids, mask = (t.to(device) for t in left_pad(prompts[start : start + batch_size], pad))
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=config,
+                logits_processor=LogitsProcessorList(
+                    [TrieLogitsProcessor(trie.to(device), ids.shape[1])]
+                ),
+            )
+            seqs = out.sequences[:, ids.shape[1] :].reshape(ids.shape[0], num_beams, -1)
+            scores = out.sequences_scores.reshape(ids.shape[0], num_beams)
+            for row in range(ids.shape[0]):
+                items, vals, comps = [], [], []
+                for beam in range(num_beams):
+                    tokens = seqs[row, beam].tolist()
+                    if trie.eos_token_id not in tokens or scores[row, beam] <= _NEG / 2:
+                        continue
+                    completion = tuple(tokens[: tokens.index(trie.eos_token_id) + 1])
+                    items.append(sequence_index[completion])
+                    vals.append(float(scores[row, beam]))
+                    comps.append(list(completion))
+                groups.append(Group(items=items, scores=vals, completions=comps))
+    return groups

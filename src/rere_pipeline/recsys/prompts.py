@@ -1,0 +1,75 @@
+"""Prompts and completions, tokenised separately.
+
+A prompt lists the user's history titles in quotes and ends with an answer cue; the
+completion is the next item's title in quotes, then EOS. Prompt and completion are tokenised
+**separately** and concatenated as ids: tokenising them together would let BPE merge across
+the boundary, and the model would learn tokens the catalogue trie never allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """``parameters_prompts.yml``: ``instruction`` + history lines + ``answer_cue``."""
+
+    instruction: str = "A user bought these items, oldest first:"
+    item: str = '"{title}"'
+    separator: str = "\n"
+    answer_cue: str = "\nThe next item the user buys is:\n"
+    completion: str = '"{title}"'
+    max_history: int = 10
+
+    @classmethod
+    def from_params(cls, params: dict) -> PromptTemplate:
+        return cls(**{k: v for k, v in params.items() if k in cls.__dataclass_fields__})
+
+    def prompt(self, history_titles: Sequence[str]) -> str:
+        recent = list(history_titles)[-self.max_history :] if self.max_history else []
+        lines = self.separator.join(self.item.format(title=t) for t in recent)
+        return f"{self.instruction}{self.separator}{lines}{self.answer_cue}"
+
+    def completion_text(self, title: str) -> str:
+        return self.completion.format(title=title)
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` with no special tokens added."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def completion_ids(tokenizer, template: PromptTemplate, title: str) -> list[int]:
+    """What the model must emit for ``title``: its completion's tokens, then EOS."""
+    return [*encode(tokenizer, template.completion_text(title)), tokenizer.eos_token_id]
+
+
+def encode_pairs(
+    tokenizer, template: PromptTemplate, histories: Sequence[Sequence[str]], targets: Sequence[str]
+) -> dict[str, list]:
+    """Columns of a tokenised prompt/completion dataset (TRL's ``input_ids`` + ``completion_mask``)."""
+    cache: dict[str, list[int]] = {}  # titles recur: tokenise each completion once
+
+    def target_ids(title: str) -> list[int]:
+        if title not in cache:
+            cache[title] = completion_ids(tokenizer, template, title)
+        return cache[title]
+
+    prompts, prompt_ids, completions, input_ids, masks = [], [], [], [], []
+    for history, target in zip(histories, targets, strict=True):
+        text = template.prompt(history)
+        p_ids, c_ids = encode(tokenizer, text), target_ids(target)
+        prompts.append(text)
+        prompt_ids.append(p_ids)
+        completions.append(template.completion_text(target))
+        input_ids.append(p_ids + c_ids)
+        masks.append([0] * len(p_ids) + [1] * len(c_ids))
+    return {
+        "prompt": prompts,
+        "completion": completions,
+        "prompt_ids": prompt_ids,
+        "input_ids": input_ids,
+        "completion_mask": masks,
+    }

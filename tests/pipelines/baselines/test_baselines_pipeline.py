@@ -1,0 +1,66 @@
+"""`kedro run --pipelines=baselines --env=test` end to end, in a temporary copy of the project."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import copy_project, run_cli
+
+pytestmark = pytest.mark.slow
+
+KS = (1, 3, 5, 10, 20)
+
+
+@pytest.fixture(scope="module")
+def baselines_run(tmp_path_factory) -> Path:
+    """A copy of the project after the `data` and then the `baselines` pipeline (test profile)."""
+    project = copy_project(tmp_path_factory.mktemp("baselines_run") / "project")
+    run_cli(["kedro", "run", "--pipelines=data", "--env=test"], cwd=project)
+    run_cli(["kedro", "run", "--pipelines=baselines", "--env=test"], cwd=project)
+    return project
+
+
+def test_evaluation_has_every_k_for_both_scorings_and_splits(baselines_run):
+    evaluation = json.loads(
+        (baselines_run / "data/07_model_output/sasrec_evaluation.json").read_text()
+    )
+    assert set(evaluation) == {"sasrec", "sasrec_by_id"}
+    for scoring in evaluation.values():
+        assert set(scoring) == {"test", "valid"}
+        for split, entry in scoring.items():
+            assert entry["split"] == split and entry["valid_fraction"] == 1.0
+            assert entry["beam_width"] is None
+            for k in KS:
+                assert 0.0 <= entry[f"HR@{k}"] <= 1.0 and 0.0 <= entry[f"NDCG@{k}"] <= 1.0
+                assert entry[f"NDCG@{k}"] <= entry[f"HR@{k}"]
+    assert evaluation["sasrec"]["test"]["rows"] == 4533
+    assert evaluation["sasrec"]["valid"]["rows"] == 4532
+
+
+def test_model_predictions_and_plot_are_written(baselines_run):
+    model_dir = baselines_run / "data/06_models/sasrec"
+    assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "model.safetensors"]
+    assert json.loads((model_dir / "config.json").read_text())["hidden"] == 16  # conf/test
+    predictions = pd.read_parquet(baselines_run / "data/07_model_output/sasrec_predictions.parquet")
+    assert len(predictions) == 4533
+    assert {"user_id", "item_id", "ranked_item_ids", "ranked_titles"} <= set(predictions)
+    assert all(len(r) == 20 for r in predictions["ranked_item_ids"])
+    assert all(len(set(t)) == 20 for t in predictions["ranked_titles"])
+    assert (baselines_run / "data/08_reporting/sasrec_training.png").stat().st_size > 0
+
+
+def test_metrics_are_logged_to_mlflow(baselines_run):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{baselines_run}/mlruns/mlflow.db")
+    runs = mlflow.search_runs(search_all_experiments=True, order_by=["start_time DESC"])
+    run = runs.iloc[0]
+    assert run["status"] == "FINISHED"
+    assert 0.0 <= run["metrics.sasrec.test.NDCG_at_10"] <= 1.0
+    assert 0.0 <= run["metrics.sasrec_by_id.valid.HR_at_20"] <= 1.0
+    assert run["metrics.sasrec.training.epochs_run"] == 1
+    assert run["params.baselines.sasrec.model.hidden"] == "16"

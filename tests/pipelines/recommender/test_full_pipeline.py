@@ -1,0 +1,57 @@
+"""`kedro run --pipelines=full --env=test` end to end in a temporary copy of the project."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import copy_project, run_cli
+
+pytestmark = pytest.mark.slow
+KS = (1, 3, 5, 10, 20)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    project = copy_project(tmp_path_factory.mktemp("full") / "project")
+    result = run_cli(["kedro", "run", "--pipelines=full", "--env=test"], cwd=project)
+    return project, result
+
+
+def test_full_run_writes_models_and_the_evaluation_report(full_run):
+    project, _ = full_run
+    for model in ("backbone", "sft"):
+        assert (project / "data/06_models" / model / "model.safetensors").exists()
+    evaluation = json.loads((project / "data/08_reporting/evaluation.json").read_text())
+    assert {"sft", "sasrec", "sasrec_by_id"} <= set(evaluation)
+    sft = evaluation["sft"]["test"]
+    assert sft["split"] == "test" and sft["rows"] == 24 and sft["beam_width"] == 5
+    assert sft["valid_fraction"] == 1.0
+    for k in KS:
+        assert 0.0 <= sft[f"NDCG@{k}"] <= sft[f"HR@{k}"] <= 1.0
+    table = (project / "data/08_reporting/evaluation.md").read_text()
+    assert "| sft | 24 |" in table and "| sasrec | 4533 |" in table
+    assert (project / "data/08_reporting/evaluation_curves.png").stat().st_size > 10_000
+
+
+def test_predictions_hold_top_k_catalogue_titles_per_user(full_run):
+    project, _ = full_run
+    predictions = pd.read_parquet(project / "data/07_model_output/sft_predictions.parquet")
+    catalogue = set(pd.read_parquet(project / "data/03_primary/catalogue.parquet")["title"])
+    assert set(predictions["split"]) == {"valid", "test"}
+    assert all(
+        len(t) == 5 and set(t) <= catalogue and len(set(t)) == 5 for t in predictions["titles"]
+    )
+
+
+def test_full_run_is_tracked_in_mlflow(full_run):
+    import mlflow
+
+    project, _ = full_run
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
+    run = mlflow.search_runs(search_all_experiments=True).iloc[0]
+    assert run["status"] == "FINISHED"
+    assert "metrics.eval.sft.test.NDCG_at_10" in run and "metrics.sft.eval_loss" in run
+    assert run["params.sft.learning_rate"] == "0.003"

@@ -1,0 +1,78 @@
+"""Constrained beam search: valid, distinct, in beam order, and equal to transformers' own."""
+
+from __future__ import annotations
+
+import pytest
+
+from rere_pipeline.recsys.decoding import (
+    DecodeTimings,
+    constrained_beam_search,
+    hf_constrained_beam_search,
+)
+from rere_pipeline.recsys.recommend import CatalogueRecommender
+
+
+@pytest.fixture(scope="module")
+def recommender(tiny_backbone, small_catalogue, template):
+    return CatalogueRecommender(
+        tiny_backbone.tokenizer,
+        tiny_backbone.model,
+        small_catalogue,
+        template,
+        num_beams=8,
+        batch_size=4,
+    )
+
+
+@pytest.fixture(scope="module")
+def histories(small_catalogue):
+    titles = small_catalogue["title"].tolist()
+    return [
+        titles[i : i + n]
+        for i, n in zip(range(0, 120, 10), [1, 3, 10, 2, 5, 7, 4, 9, 6, 8, 2, 1], strict=True)
+    ]
+
+
+@pytest.mark.parametrize("num_beams", [4, 8])
+def test_groups_equal_transformers_beam_search(recommender, histories, num_beams):
+    prompts = recommender.prompt_ids(histories)
+    ours = constrained_beam_search(
+        recommender.model, prompts, recommender.trie, num_beams, batch_size=5
+    )
+    theirs = hf_constrained_beam_search(
+        recommender.model, prompts, recommender.trie, num_beams, batch_size=3
+    )
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.items == b.items
+        assert a.scores == pytest.approx(b.scores, rel=1e-4, abs=1e-3)
+
+
+def test_groups_are_valid_distinct_and_in_beam_order(recommender, histories, small_catalogue):
+    recs = recommender.recommend(histories)
+    known = set(small_catalogue["title"])
+    for rec in recs:
+        assert len(rec.titles) == 8
+        assert set(rec.titles) <= known
+        assert len(set(rec.titles)) == len(rec.titles)
+        assert rec.scores == sorted(rec.scores, reverse=True)
+
+
+def test_duplicate_titles_map_to_every_item_id(recommender, small_catalogue):
+    title = small_catalogue["title"].iloc[0]
+    index = recommender.titles.index(title)
+    assert sorted(recommender.item_ids[index]) == sorted(
+        small_catalogue.loc[small_catalogue["title"] == title, "item_id"]
+    )
+
+
+def test_batching_and_order_do_not_change_results(recommender, histories):
+    prompts = recommender.prompt_ids(histories)
+    one = constrained_beam_search(recommender.model, prompts, recommender.trie, 6, batch_size=1)
+    many = constrained_beam_search(recommender.model, prompts, recommender.trie, 6, batch_size=12)
+    assert [g.items for g in one] == [g.items for g in many]
+
+
+def test_timings_are_recorded(recommender, histories):
+    timings = DecodeTimings()
+    recommender.decode(recommender.prompt_ids(histories[:3]), timings=timings)
+    assert {"prefill", "model", "constraint"} <= set(timings.seconds)
