@@ -64,63 +64,38 @@ def main() -> None:
         args.threads,
     )
 
-    def timed(fn):
+    def timed(decode, batch_size: int, timings: DecodeTimings | None = None):
+        kwargs = {"batch_size": batch_size, "pad_token_id": backbone.tokenizer.pad_token_id}
+        if timings is not None:
+            kwargs["timings"] = timings
         start = time.perf_counter()
-        out = fn()
-        return out, time.perf_counter() - start
+        groups = decode(backbone.model, prompts, trie, args.beams, **kwargs)
+        return groups, time.perf_counter() - start
 
-    hf, hf_s = timed(
-        lambda: hf_constrained_beam_search(
-            backbone.model,
-            prompts,
-            trie,
-            args.beams,
-            batch_size=args.hf_batch,
-            pad_token_id=backbone.tokenizer.pad_token_id,
-        )
-    )
-    same, same_s = timed(
-        lambda: constrained_beam_search(
-            backbone.model,
-            prompts,
-            trie,
-            args.beams,
-            batch_size=args.hf_batch,
-            pad_token_id=backbone.tokenizer.pad_token_id,
-        )
-    )
+    hf, hf_s = timed(hf_constrained_beam_search, args.hf_batch)
+    same, same_s = timed(constrained_beam_search, args.hf_batch)
     timings = DecodeTimings()
-    ours, ours_s = timed(
-        lambda: constrained_beam_search(
-            backbone.model,
-            prompts,
-            trie,
-            args.beams,
-            batch_size=args.our_batch,
-            pad_token_id=backbone.tokenizer.pad_token_id,
-            timings=timings,
-        )
-    )
+    ours, ours_s = timed(constrained_beam_search, args.our_batch, timings)
 
     n = len(prompts)
     total = sum(timings.seconds.values())
     equal = sum(a.items == b.items for a, b in zip(hf, ours, strict=True))
     equal_same = sum(a.items == b.items for a, b in zip(hf, same, strict=True))
-    print(f"{'decoder':<44}{'users/s':>10}{'s/user':>10}{'vs HF':>8}")  # noqa: T201
+    print(f"{'decoder':<44}{'users/s':>10}{'s/user':>10}{'vs HF':>8}")
     for name, seconds in (
         (f"HF generate + TrieLogitsProcessor (batch {args.hf_batch})", hf_s),
         (f"ours (batch {args.hf_batch})", same_s),
         (f"ours (batch {args.our_batch})", ours_s),
     ):
-        print(f"{name:<44}{n / seconds:>10.2f}{seconds / n:>10.3f}{hf_s / seconds:>7.2f}x")  # noqa: T201
+        print(f"{name:<44}{n / seconds:>10.2f}{seconds / n:>10.3f}{hf_s / seconds:>7.2f}x")
     print(
         f"time share in ours (batch {args.our_batch}): "
         + ", ".join(f"{k} {v / total:.1%}" for k, v in sorted(timings.seconds.items()))
-    )  # noqa: T201
-    print(f"constraint work: {timings.seconds['constraint'] / total:.1%} of decode time")  # noqa: T201
+    )
+    print(f"constraint work: {timings.seconds['constraint'] / total:.1%} of decode time")
     print(
         f"same groups as HF: {equal}/{n} (batch {args.our_batch}), {equal_same}/{n} (batch {args.hf_batch})"
-    )  # noqa: T201
+    )
 
 
 if __name__ == "__main__":

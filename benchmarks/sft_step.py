@@ -74,10 +74,10 @@ def main() -> None:
     plain = seconds_per_step(copy.deepcopy(base), plain_loss, ids, mask, labels, args.steps)
     print(
         f"batch {args.batch} x {args.length} tokens ({args.completion} labelled), vocab {vocab}, {args.threads} threads"
-    )  # noqa: T201
-    print(f"{'loss head':<28}{'s/step':>10}{'vs fused':>10}")  # noqa: T201
-    print(f"{'TRL fused (torch fallback)':<28}{fused:>10.3f}{1.0:>9.2f}x")  # noqa: T201
-    print(f"{'plain, completion only':<28}{plain:>10.3f}{fused / plain:>9.2f}x")  # noqa: T201
+    )
+    print(f"{'loss head':<28}{'s/step':>10}{'vs fused':>10}")
+    print(f"{'TRL fused (torch fallback)':<28}{fused:>10.3f}{1.0:>9.2f}x")
+    print(f"{'plain, completion only':<28}{plain:>10.3f}{fused / plain:>9.2f}x")
 
 
 if __name__ == "__main__":

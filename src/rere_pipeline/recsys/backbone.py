@@ -93,7 +93,7 @@ def build_model(
         **extra,
     )
     model = Qwen2ForCausalLM(config)
-    model.generation_config = greedy_generation_config(tokenizer)
+    model.generation_config = generation_config(tokenizer.eos_token_id, tokenizer.pad_token_id)
     log.info(
         "built Qwen2 backbone: %.2fM parameters, vocab %d",
         model.num_parameters() / 1e6,
@@ -102,16 +102,12 @@ def build_model(
     return model
 
 
-def greedy_generation_config(tokenizer) -> GenerationConfig:
-    """Every sampling field explicit, so a saved ``generation_config.json`` never turns beam
-    search into sampling."""
+def generation_config(eos_token_id: int, pad_token_id: int, **fields) -> GenerationConfig:
+    """A ``GenerationConfig`` with every sampling field explicit (no sampling unless asked),
+    so a checkpoint's ``generation_config.json`` never turns beam search into sampling."""
+    sampling = {"do_sample": False, "temperature": 1.0, "top_k": None, "top_p": None}
     return GenerationConfig(
-        do_sample=False,
-        temperature=1.0,
-        top_k=None,
-        top_p=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        **{**sampling, **fields}, eos_token_id=eos_token_id, pad_token_id=pad_token_id
     )
 
 
@@ -135,7 +131,7 @@ def load_backbone(
         trust_remote_code=trust_remote_code,
         dtype=getattr(torch, dtype) if dtype != "auto" else "auto",
     )
-    model.generation_config = greedy_generation_config(tokenizer)
+    model.generation_config = generation_config(tokenizer.eos_token_id, tokenizer.pad_token_id)
     model.eval()
     return Backbone(tokenizer, model.to(device))
 

@@ -332,21 +332,19 @@ def hf_constrained_beam_search(
     pad_token_id: int | None = None,
 ) -> list[Group]:
     """The same search through ``model.generate`` + ``TrieLogitsProcessor`` (the reference)."""
-    from transformers import GenerationConfig, LogitsProcessorList
+    from transformers import LogitsProcessorList
+
+    from rere_pipeline.recsys.backbone import generation_config
 
     pad = trie.eos_token_id if pad_token_id is None else pad_token_id
-    config = GenerationConfig(
+    config = generation_config(
+        trie.eos_token_id,
+        pad,
         num_beams=num_beams,
         num_return_sequences=num_beams,
-        do_sample=False,  # every sampling field explicit: a checkpoint's defaults must not leak in
-        temperature=1.0,
-        top_k=None,
-        top_p=None,
         length_penalty=length_penalty,
         early_stopping=False,
         max_new_tokens=trie.depth,
-        eos_token_id=trie.eos_token_id,
-        pad_token_id=pad,
         output_scores=True,
         return_dict_in_generate=True,
     )

@@ -109,10 +109,19 @@ def markdown_table(evaluation: dict, params: dict) -> str:
         models = [m for m, r in evaluation.items() if split in r]
         if not models:
             continue
-        lines += [f"## {split}", "", "| model | rows | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 2) + "|"]
+        lines += [
+            f"## {split}",
+            "",
+            "| model | rows | " + " | ".join(metrics) + " |",
+            "|---" * (len(metrics) + 2) + "|",
+        ]
         for m in models:
             entry = evaluation[m][split]
-            lines.append(f"| {m} | {entry['rows']} | " + " | ".join(f"{entry[h]:.4f}" for h in metrics) + " |")
+            lines.append(
+                f"| {m} | {entry['rows']} | "
+                + " | ".join(f"{entry[h]:.4f}" for h in metrics)
+                + " |"
+            )
         lines.append("")
     lines.append(
         "Hits are matched by title (duplicate titles count, as in the paper); "
