@@ -14,66 +14,10 @@ for _name, _value in {
 }.items():
     os.environ[_name] = _value
 
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-PROJECT = Path(__file__).resolve().parents[1]
-RAW = "data/01_raw/amazon-industrial"
-
-# What a copy of the project for an end-to-end run leaves out: environments, caches, stores
-# and everything the pipelines produce (only the raw seed data travels).
-_SKIP_TOP = {
-    ".venv",
-    ".git",
-    "mlruns",
-    "dvc-store",
-    ".pytest_cache",
-    ".ruff_cache",
-    "build",
-    "dist",
-}
-
-
-def copy_project(destination: Path) -> Path:
-    """A clean copy of the project (code, conf, raw data, DVC config) at ``destination``."""
-
-    def ignore(folder: str, names: list[str]) -> set[str]:
-        here = Path(folder)
-        skipped = {n for n in names if n == "__pycache__" or n.endswith(".egg-info")}
-        if here == PROJECT:
-            skipped |= _SKIP_TOP & set(names)
-        if here == PROJECT / ".dvc":
-            skipped |= {"cache", "tmp"} & set(names)
-        if here.parent == PROJECT / "data" and here.name != "01_raw":
-            skipped |= {n for n in names if n != ".gitkeep"}
-        return skipped
-
-    shutil.copytree(PROJECT, destination, ignore=ignore)
-    (destination / "mlruns").mkdir(exist_ok=True)
-    return destination
-
-
-def run_cli(
-    args: list[str], cwd: Path, check: bool = True, timeout: int = 600
-) -> subprocess.CompletedProcess:
-    """Run a console script of this environment (kedro, dvc, git) in ``cwd``."""
-    bindir = Path(sys.executable).parent
-    env = {
-        **os.environ,
-        "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
-        "COLUMNS": "200",
-    }
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-        )
-    return result
+from helpers import PROJECT  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import re
 import pandas as pd
 import pytest
 
-from conftest import PROJECT
+from helpers import PROJECT
 from rere_pipeline import validation
 
 LIMITS = validation.Limits(max_bad_fraction=1.0)  # row rules only; file-level limits tested below

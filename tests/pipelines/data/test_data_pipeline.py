@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import RAW, copy_project, run_cli
+from helpers import RAW, copy_project, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -166,9 +166,9 @@ def test_dvc_repro_and_push_pull_round_trip(tmp_path):
     outputs = {path: _digest(project / path) for path in MODEL_INPUT}
     assert "didn't change, skipping" in run_cli(["dvc", "repro", "data"], cwd=project).stdout
 
-    run_cli(["dvc", "push"], cwd=project)
+    run_cli(["dvc", "push", "data"], cwd=project)
     for path in MODEL_INPUT:
         (project / path).unlink()
     shutil.rmtree(project / ".dvc" / "cache")
-    run_cli(["dvc", "pull"], cwd=project)
+    run_cli(["dvc", "pull", "data"], cwd=project)
     assert {path: _digest(project / path) for path in MODEL_INPUT} == outputs

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import copy_project, run_cli
+from helpers import copy_project, run_cli
 
 pytestmark = pytest.mark.slow
 KS = (1, 3, 5, 10, 20)

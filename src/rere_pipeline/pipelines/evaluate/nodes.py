@@ -153,7 +153,10 @@ def curves_figure(evaluation: dict, params: dict):
 
 
 def mlflow_metrics(evaluation: dict) -> dict:
-    """``{model}.{split}.HR_at_10`` ... (MLflow metric names cannot hold '@')."""
+    """``{model}.{split}.HR_at_10`` ... (MLflow metric names cannot hold '@').
+
+    Only the models this pipeline scores: the baselines pipeline logs its own, same names.
+    """
     return {
         f"{model}.{split}.{name.replace('@', '_at_')}": {"value": float(value), "step": 0}
         for model, report in evaluation.items()
