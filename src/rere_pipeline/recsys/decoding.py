@@ -6,8 +6,10 @@ same groups, but does less work:
 
 * the prompt is run **once** and its KV cache is expanded to the G beams afterwards (HF
   ``generate`` copies every prompt G times *before* prefill, so prefill costs G times more);
-* many prompts are decoded together; a prompt whose beams can no longer improve leaves the
-  batch at once instead of riding along until the slowest prompt is done;
+* the KV cache sits in buffers allocated once; a beam reorder moves only the generated
+  part (a prompt's beams share its prompt keys and values);
+* many prompts are decoded together; prompts whose beams can no longer improve are dropped
+  from the batch once half of it is done, not carried until the slowest prompt finishes;
 * the constraint is pure tensor work on the trie (``ItemTrie.children``): only the allowed
   (beam, token) pairs are scored, so no ``[beams, vocab]`` mask is ever built.
 
