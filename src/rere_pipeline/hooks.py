@@ -24,3 +24,70 @@ class RuntimeHook:
 
             torch.set_num_threads(int(threads))
             log.info("torch uses %d thread(s)", torch.get_num_threads())
+
+
+class StageRunsHook:
+    """One nested MLflow run per pipeline stage inside kedro-mlflow's run of the whole ``kedro run``.
+
+    A node's stage is its pipeline tag (``data``, ``sft``, ``rere`` ...). Before a node runs, its
+    stage's child run becomes the active run (created on first use, resumed after), so the
+    metrics and artifacts its outputs log land there; once the node's last output is saved the
+    child is closed again and the parent is active, as kedro-mlflow expects. Each closed child's
+    latest metric values are copied to the parent, so the parent alone answers "how did this run
+    do". A failing node leaves its child active: kedro-mlflow's error hook then marks it and the
+    parent FAILED.
+    """
+
+    def __init__(self, stages: tuple[str, ...] | None = None):
+        self.stages = stages
+        self._children: dict[str, str] = {}
+        self._pending: set[str] = set()
+        self._stage: str | None = None
+
+    def _stage_of(self, node) -> str | None:
+        from rere_pipeline.pipeline_registry import STAGES
+
+        known = self.stages or (*STAGES, "ablation")
+        return next((t for t in known if t in node.tags), None)
+
+    @hook_impl
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        self._children, self._pending, self._stage = {}, set(), None
+
+    @hook_impl
+    def before_node_run(self, node, catalog, inputs, is_async) -> None:
+        import mlflow
+
+        parent = mlflow.active_run()
+        stage = self._stage_of(node)
+        if parent is None or stage is None:
+            return
+        if stage in self._children:
+            mlflow.start_run(run_id=self._children[stage], nested=True)
+        else:
+            child = mlflow.start_run(run_name=stage, nested=True, tags={"stage": stage})
+            self._children[stage] = child.info.run_id
+        self._stage = stage
+        self._pending = set(node.outputs)
+        if not self._pending:
+            self._close()
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name, data, node) -> None:
+        if self._stage is None:
+            return
+        self._pending.discard(dataset_name)
+        if not self._pending:
+            self._close()
+
+    def _close(self) -> None:
+        import mlflow
+
+        child = mlflow.active_run()
+        mlflow.end_run()
+        parent = mlflow.active_run()
+        if parent is not None and child is not None:
+            metrics = mlflow.MlflowClient().get_run(child.info.run_id).data.metrics
+            if metrics:
+                mlflow.log_metrics(metrics)
+        self._stage = None

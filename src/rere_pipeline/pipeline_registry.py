@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from rere_pipeline.pipelines import backbone, baselines, data, evaluate, prompts, sft
+from rere_pipeline.pipelines import (
+    ablation,
+    backbone,
+    baselines,
+    data,
+    evaluate,
+    prompts,
+    rere,
+    sft,
+)
 
 STAGES = {
     "data": data,
@@ -16,6 +25,7 @@ STAGES = {
     "prompts": prompts,
     "sft": sft,
     "baselines": baselines,
+    "rere": rere,
     "evaluate": evaluate,
 }
 
@@ -24,4 +34,5 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines = {name: module.create_pipeline() for name, module in STAGES.items()}
     pipelines["full"] = sum(pipelines.values(), Pipeline([]))
     pipelines["__default__"] = pipelines["full"]
+    pipelines["ablation"] = ablation.create_pipeline()  # on demand: trains every arm
     return pipelines

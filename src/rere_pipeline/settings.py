@@ -1,14 +1,14 @@
 """Kedro project settings (https://docs.kedro.org/en/stable/configure/configuration_basics/).
 
 MLflow tracking is wired by kedro-mlflow's hooks (auto-registered through its entry point) and
-configured in ``conf/base/mlflow.yml``; nothing here needs to change for it.
+configured in ``conf/base/mlflow.yml``; ``StageRunsHook`` adds one nested run per stage.
 """
 
 from kedro.config import OmegaConfigLoader
 
-from rere_pipeline.hooks import RuntimeHook
+from rere_pipeline.hooks import RuntimeHook, StageRunsHook
 
-HOOKS = (RuntimeHook(),)
+HOOKS = (RuntimeHook(), StageRunsHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

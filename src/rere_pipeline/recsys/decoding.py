@@ -320,7 +320,48 @@ class TrieLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         nodes = self.trie.walk(input_ids[:, self.prompt_length :])
         allowed = self.trie.allowed_mask(nodes)
+        # A finished row (past EOS: sampling keeps it in the batch, padded) may only emit EOS,
+        # so it never becomes all -inf (NaN probabilities).
+        allowed[~allowed.any(dim=-1), self.trie.eos_token_id] = True
         return scores.masked_fill(~allowed, float("-inf"))
+
+
+def _generate_constrained(
+    model, prompts: Sequence[Sequence[int]], trie: ItemTrie, batch_size: int, pad_token_id, **fields
+):
+    """``model.generate`` under ``TrieLogitsProcessor`` in batches of left-padded prompts;
+    yields each batch's output (scores included) and its prompt width."""
+    from transformers import LogitsProcessorList
+
+    from rere_pipeline.recsys.backbone import generation_config
+
+    pad = trie.eos_token_id if pad_token_id is None else pad_token_id
+    config = generation_config(
+        trie.eos_token_id,
+        pad,
+        max_new_tokens=trie.depth,
+        output_scores=True,
+        return_dict_in_generate=True,
+        **fields,
+    )
+    device = next(model.parameters()).device
+    constraint = trie.to(device)
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            ids, mask = (t.to(device) for t in left_pad(prompts[start : start + batch_size], pad))
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=config,
+                logits_processor=LogitsProcessorList(
+                    [TrieLogitsProcessor(constraint, ids.shape[1])]
+                ),
+            )
+            yield out, ids.shape[1]
+
+
+def _completion(tokens: list[int], eos_token_id: int) -> tuple[int, ...]:
+    return tuple(tokens[: tokens.index(eos_token_id) + 1])
 
 
 def hf_constrained_beam_search(
@@ -334,47 +375,77 @@ def hf_constrained_beam_search(
     pad_token_id: int | None = None,
 ) -> list[Group]:
     """The same search through ``model.generate`` + ``TrieLogitsProcessor`` (the reference)."""
-    from transformers import LogitsProcessorList
-
-    from rere_pipeline.recsys.backbone import generation_config
-
-    pad = trie.eos_token_id if pad_token_id is None else pad_token_id
-    config = generation_config(
-        trie.eos_token_id,
-        pad,
+    sequence_index = {seq: i for i, seq in enumerate(trie.sequences)}
+    groups = []
+    for out, width in _generate_constrained(
+        model,
+        prompts,
+        trie,
+        batch_size,
+        pad_token_id,
         num_beams=num_beams,
         num_return_sequences=num_beams,
         length_penalty=length_penalty,
         early_stopping=False,
-        max_new_tokens=trie.depth,
-        output_scores=True,
-        return_dict_in_generate=True,
-    )
-    device = next(model.parameters()).device
+    ):
+        rows = out.sequences.shape[0] // num_beams
+        seqs = out.sequences[:, width:].reshape(rows, num_beams, -1)
+        scores = out.sequences_scores.reshape(rows, num_beams)
+        for row in range(rows):
+            items, vals, comps = [], [], []
+            for beam in range(num_beams):
+                tokens = seqs[row, beam].tolist()
+                if trie.eos_token_id not in tokens or scores[row, beam] <= _NEG / 2:
+                    continue
+                completion = _completion(tokens, trie.eos_token_id)
+                items.append(sequence_index[completion])
+                vals.append(float(scores[row, beam]))
+                comps.append(list(completion))
+            groups.append(Group(items=items, scores=vals, completions=comps))
+    return groups
+
+
+def constrained_sampling(
+    model,
+    prompts: Sequence[Sequence[int]],
+    trie: ItemTrie,
+    num_samples: int,
+    *,
+    temperature: float = 1.0,
+    batch_size: int = 8,
+    pad_token_id: int | None = None,
+) -> list[Group]:
+    """``num_samples`` catalogue items per prompt drawn by temperature sampling under the trie
+    constraint (repeats allowed), each group ordered by its (tempered, constrained)
+    log-likelihood."""
     sequence_index = {seq: i for i, seq in enumerate(trie.sequences)}
     groups = []
-    with torch.no_grad():
-        for start in range(0, len(prompts), batch_size):
-            ids, mask = (t.to(device) for t in left_pad(prompts[start : start + batch_size], pad))
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                generation_config=config,
-                logits_processor=LogitsProcessorList(
-                    [TrieLogitsProcessor(trie.to(device), ids.shape[1])]
-                ),
+    for out, width in _generate_constrained(
+        model,
+        prompts,
+        trie,
+        batch_size,
+        pad_token_id,
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+        num_return_sequences=num_samples,
+    ):
+        steps = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+        generated = out.sequences[:, width:]
+        for row in range(generated.shape[0] // num_samples):
+            drawn = []
+            for s in range(row * num_samples, (row + 1) * num_samples):
+                completion = _completion(generated[s].tolist(), trie.eos_token_id)
+                score = float(steps[s, : len(completion)].sum())
+                drawn.append((score, sequence_index[completion], list(completion)))
+            drawn.sort(key=lambda d: -d[0])
+            groups.append(
+                Group(
+                    items=[d[1] for d in drawn],
+                    scores=[d[0] for d in drawn],
+                    completions=[d[2] for d in drawn],
+                )
             )
-            seqs = out.sequences[:, ids.shape[1] :].reshape(ids.shape[0], num_beams, -1)
-            scores = out.sequences_scores.reshape(ids.shape[0], num_beams)
-            for row in range(ids.shape[0]):
-                items, vals, comps = [], [], []
-                for beam in range(num_beams):
-                    tokens = seqs[row, beam].tolist()
-                    if trie.eos_token_id not in tokens or scores[row, beam] <= _NEG / 2:
-                        continue
-                    completion = tuple(tokens[: tokens.index(trie.eos_token_id) + 1])
-                    items.append(sequence_index[completion])
-                    vals.append(float(scores[row, beam]))
-                    comps.append(list(completion))
-                groups.append(Group(items=items, scores=vals, completions=comps))
     return groups

@@ -96,16 +96,23 @@ def test_bad_rows_are_quarantined_with_rule_and_row(data_run):
 
 def test_data_run_is_one_mlflow_run_with_params_and_summary_metrics(data_run):
     runs = _mlflow_runs(data_run)
-    assert len(runs) == 1
-    run = runs.iloc[0]
+    parents = runs[runs["tags.mlflow.parentRunId"].isna()]
+    assert len(parents) == 1
+    run = parents.iloc[0]
     assert run["status"] == "FINISHED"
+    # the stage's nested run holds the same metrics and the stage's artifacts
+    children = runs[runs["tags.mlflow.parentRunId"] == run["run_id"]]
+    assert len(children) == 1
+    child = children.iloc[0]
+    assert child["status"] == "FINISHED" and child["tags.stage"] == "data"
+    assert child["metrics.data.train_rows"] == run["metrics.data.train_rows"]
     assert run["params.data.history_max"] == "10"
     assert run["params.data.validation.max_bad_fraction"] == "0.01"
     assert (
         run["metrics.data.train_rows"]
         == json.loads((data_run / "data/08_reporting/data_summary.json").read_text())["train_rows"]
     )
-    artifacts = Path(run["artifact_uri"].removeprefix("file://"))
+    artifacts = Path(child["artifact_uri"].removeprefix("file://"))
     assert (artifacts / "data_summary.json").exists()
     assert (artifacts / "validation" / "validation_report.json").exists()
 
@@ -153,7 +160,11 @@ def test_corrupted_raw_file_stops_the_run_and_keeps_earlier_outputs(
     assert {path: _digest(project / path) for path in before} == before, (
         "earlier outputs were touched"
     )
-    assert _mlflow_runs(project).iloc[0]["status"] == "FAILED"
+    runs = _mlflow_runs(project)
+    failed = runs[
+        runs["start_time"] >= runs[runs["tags.mlflow.parentRunId"].isna()]["start_time"].max()
+    ]
+    assert set(failed["status"]) == {"FAILED"}  # the run, and its stage if a node had started
 
 
 def test_dvc_repro_and_push_pull_round_trip(tmp_path):

@@ -22,17 +22,19 @@ def full_run(tmp_path_factory):
 
 def test_full_run_writes_models_and_the_evaluation_report(full_run):
     project, _ = full_run
-    for model in ("backbone", "sft"):
+    for model in ("backbone", "sft", "rere"):
         assert (project / "data/06_models" / model / "model.safetensors").exists()
     evaluation = json.loads((project / "data/08_reporting/evaluation.json").read_text())
-    assert {"sft", "sasrec", "sasrec_by_id"} <= set(evaluation)
-    sft = evaluation["sft"]["test"]
-    assert sft["split"] == "test" and sft["rows"] == 24 and sft["beam_width"] == 5
-    assert sft["valid_fraction"] == 1.0
-    for k in KS:
-        assert 0.0 <= sft[f"NDCG@{k}"] <= sft[f"HR@{k}"] <= 1.0
+    assert {"sft", "rere", "sasrec", "sasrec_by_id"} <= set(evaluation)
+    for name in ("sft", "rere"):
+        report = evaluation[name]["test"]
+        assert report["split"] == "test" and report["rows"] == 24 and report["beam_width"] == 5
+        assert report["valid_fraction"] == 1.0
+        for k in KS:
+            assert 0.0 <= report[f"NDCG@{k}"] <= report[f"HR@{k}"] <= 1.0
     table = (project / "data/08_reporting/evaluation.md").read_text()
-    assert "| sft | 24 |" in table and "| sasrec | 4533 |" in table
+    assert "| sft | 24 |" in table and "| rere | 24 |" in table and "| sasrec | 4533 |" in table
+    assert (project / "data/08_reporting/rere_training.png").stat().st_size > 10_000
     assert (project / "data/08_reporting/evaluation_curves.png").stat().st_size > 10_000
 
 
@@ -53,5 +55,31 @@ def test_full_run_is_tracked_in_mlflow(full_run):
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
     run = mlflow.search_runs(search_all_experiments=True).iloc[0]
     assert run["status"] == "FINISHED"
-    assert "metrics.eval.sft.test.NDCG_at_10" in run and "metrics.sft.eval_loss" in run
+    for metric in (
+        "eval.sft.test.NDCG_at_10",
+        "eval.rere.test.NDCG_at_10",
+        "sft.eval_loss",
+        "rere.rewards/rule/mean",
+        "rere.rewards/ranking/mean",
+        "rere.reward_std",
+        "rere.kl",
+        "rere.rere/target_in_group",
+        "rere.rere/distinct_items",
+        "rere.valid_ndcg_at_10",
+    ):
+        assert f"metrics.{metric}" in run, metric
     assert run["params.sft.learning_rate"] == "0.003"
+
+
+def test_ablation_trains_every_arm_per_seed_and_writes_one_table(full_run):
+    project, _ = full_run
+    run_cli(["kedro", "run", "--pipelines=ablation", "--env=test"], cwd=project)
+    results = pd.read_csv(project / "data/08_reporting/ablation.csv")
+    arms = ["sft", "rere_rule", "rere_rule_ranking", "rere_sampled", "rere_semantic"]
+    assert results["arm"].drop_duplicates().tolist() == arms
+    assert results.groupby("arm", sort=False).size().tolist() == [1, 2, 2, 2, 2]  # SFT: once
+    assert (results["rows"] == 12).all()
+    table = (project / "data/08_reporting/ablation.md").read_text()
+    for arm in arms:
+        assert f"| {arm} | " in table
+    assert "| rere_rule | 2 |" in table and "±" in table

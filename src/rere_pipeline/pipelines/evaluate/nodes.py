@@ -38,8 +38,9 @@ def evaluate_lm(
     ks = [int(k) for k in params["ks"]]
     report, predictions = {}, []
     for split, prompts in splits.items():
-        if params.get("max_rows"):
-            prompts = prompts.iloc[: int(params["max_rows"])]
+        limit = rows_limit(params.get("max_rows"), split)
+        if limit:
+            prompts = prompts.sample(n=min(limit, len(prompts)), random_state=0).sort_index()
         timings = DecodeTimings()
         start = time.perf_counter()
         recs = recommender.to_recommendations(
@@ -80,17 +81,38 @@ def evaluate_lm(
     return {model_name: report}, pd.concat(predictions, ignore_index=True)
 
 
-def evaluate_sft(
-    sft_model: Backbone,
-    catalogue: pd.DataFrame,
-    prompts_valid: pd.DataFrame,
-    prompts_test: pd.DataFrame,
-    params: dict,
-    prompt_params: dict,
-):
-    return evaluate_lm(
-        "sft", sft_model, catalogue, params, prompt_params, valid=prompts_valid, test=prompts_test
-    )
+def rows_limit(max_rows, split: str) -> int | None:
+    """``evaluate.max_rows``: null (whole split), one number for every split, or per split."""
+    if isinstance(max_rows, dict):
+        max_rows = max_rows.get(split)
+    return int(max_rows) if max_rows else None
+
+
+def _evaluate_named(model_name: str):
+    def evaluate(
+        model: Backbone,
+        catalogue: pd.DataFrame,
+        prompts_valid: pd.DataFrame,
+        prompts_test: pd.DataFrame,
+        params: dict,
+        prompt_params: dict,
+    ):
+        return evaluate_lm(
+            model_name,
+            model,
+            catalogue,
+            params,
+            prompt_params,
+            valid=prompts_valid,
+            test=prompts_test,
+        )
+
+    evaluate.__name__ = evaluate.__qualname__ = f"evaluate_{model_name}"
+    return evaluate
+
+
+evaluate_sft = _evaluate_named("sft")
+evaluate_rere = _evaluate_named("rere")
 
 
 def combine_reports(*reports: dict) -> dict:

@@ -22,8 +22,21 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="evaluate_sft",
             ),
             Node(
+                nodes.evaluate_rere,
+                [
+                    "rere_model",
+                    "catalogue",
+                    "prompts_valid",
+                    "prompts_test",
+                    "params:evaluate",
+                    "params:prompts",
+                ],
+                ["rere_evaluation", "rere_predictions"],
+                name="evaluate_rere",
+            ),
+            Node(
                 nodes.combine_reports,
-                ["sft_evaluation", "sasrec_evaluation"],
+                ["sasrec_evaluation", "sft_evaluation", "rere_evaluation"],
                 "evaluation",
                 name="combine_reports",
             ),

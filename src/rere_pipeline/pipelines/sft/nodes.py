@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 from pathlib import Path
 
 import pandas as pd
 
+from rere_pipeline.pipelines import checkpoints
 from rere_pipeline.recsys import sft
 from rere_pipeline.recsys.backbone import Backbone
 
@@ -23,17 +22,6 @@ def _columns(prompts: pd.DataFrame) -> dict[str, list]:
     }
 
 
-def _prepare_checkpoints(output_dir: Path, fingerprint: str) -> None:
-    """Keep checkpoints only if they belong to this very run (same data and parameters), so a
-    killed run resumes and a changed one starts afresh."""
-    stamp = output_dir / "fingerprint.txt"
-    if output_dir.exists() and (not stamp.exists() or stamp.read_text() != fingerprint):
-        log.info("checkpoints in %s are from another configuration: starting afresh", output_dir)
-        shutil.rmtree(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fingerprint)
-
-
 def fine_tune(
     backbone: Backbone, prompts_train: pd.DataFrame, prompts_valid: pd.DataFrame, params: dict
 ) -> tuple[Backbone, dict, object]:
@@ -43,18 +31,7 @@ def fine_tune(
         random_state=int(params.get("seed", 0)),
     )
     output_dir = Path(params["output_dir"])
-    fingerprint = hashlib.sha256(
-        json.dumps(
-            {
-                "params": params,
-                "train": len(prompts_train),
-                "first": list(map(int, prompts_train["input_ids"].iloc[0])),
-            },
-            sort_keys=True,
-            default=str,
-        ).encode()
-    ).hexdigest()
-    _prepare_checkpoints(output_dir, fingerprint)
+    checkpoints.prepare(output_dir, checkpoints.fingerprint(params, prompts_train), resume=False)
     model, history, _adapter = sft.train_sft(
         backbone.model,
         backbone.tokenizer,
@@ -69,20 +46,17 @@ def fine_tune(
 
 def training_metrics(history: list[dict]) -> dict:
     """TRL's log history as MLflow metric series (``sft.loss``, ``sft.eval_loss`` ...)."""
-    series: dict[str, list[dict]] = {}
-    for entry in history:
-        step = int(entry.get("step", 0))
-        for key in (
+    return checkpoints.log_history_series(
+        history,
+        [
             "loss",
             "eval_loss",
             "learning_rate",
             "grad_norm",
             "mean_token_accuracy",
             "eval_mean_token_accuracy",
-        ):
-            if key in entry:
-                series.setdefault(key, []).append({"value": float(entry[key]), "step": step})
-    return series
+        ],
+    )
 
 
 def loss_figure(history: list[dict]):

@@ -1,0 +1,91 @@
+"""Nodes of the ``ablation`` pipeline: the paper's design choices, one arm each, same budget.
+
+Every arm starts from the same SFT model and trains on the same rows with the same RL budget
+(``parameters_rere.yml`` with the arm's overrides), once per seed; each result is scored on
+the official test split. The SFT arm is deterministic and is scored once.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+
+import pandas as pd
+
+from rere_pipeline.pipelines.evaluate.nodes import evaluate_lm
+from rere_pipeline.pipelines.rere.nodes import reinforce
+from rere_pipeline.recsys.backbone import Backbone
+
+log = logging.getLogger(__name__)
+
+
+def run_ablation(
+    sft_model: Backbone,
+    backbone: Backbone,
+    catalogue: pd.DataFrame,
+    prompts_train: pd.DataFrame,
+    train: pd.DataFrame,
+    prompts_valid: pd.DataFrame,
+    prompts_test: pd.DataFrame,
+    sasrec_model,
+    rere_params: dict,
+    params: dict,
+    evaluate_params: dict,
+    prompt_params: dict,
+) -> tuple[pd.DataFrame, str]:
+    """One row per (arm, seed) with its test HR@K / NDCG@K, and the markdown summary."""
+    evaluate_params = {**evaluate_params, "max_rows": params.get("test_rows")}
+    seeds = [int(s) for s in params["seeds"]]
+    rows = []
+    for arm, overrides in params["arms"].items():
+        for seed in seeds if overrides is not None else seeds[:1]:
+            if overrides is None:  # the SFT model itself
+                model = sft_model
+            else:
+                arm_params = {
+                    **rere_params,
+                    **(params.get("budget") or {}),
+                    **overrides,
+                    "seed": seed,
+                    "output_dir": f"{rere_params['output_dir']}_{arm}_{seed}",
+                }
+                log.info("ablation arm %s, seed %d: %s", arm, seed, overrides)
+                model, _, _ = reinforce(
+                    sft_model,
+                    backbone,
+                    catalogue,
+                    prompts_train,
+                    train,
+                    prompts_valid,
+                    sasrec_model,
+                    arm_params,
+                    prompt_params,
+                )
+            report, _ = evaluate_lm(
+                arm, model, catalogue, evaluate_params, prompt_params, test=prompts_test
+            )
+            rows.append({"arm": arm, "seed": seed, **report[arm]["test"]})
+    results = pd.DataFrame(rows)
+    return results, ablation_table(results, [int(k) for k in evaluate_params["ks"]])
+
+
+def ablation_table(results: pd.DataFrame, ks: list[int]) -> str:
+    """Mean ± standard deviation over seeds per arm (``n`` = seeds)."""
+    metrics = [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks]
+    lines = [
+        "# Ablation (official test split)",
+        "",
+        f"Rows scored per arm: {int(results['rows'].iloc[0])}. Mean ± sample standard deviation over "
+        "`n` seeds (same data, budget and starting SFT model for every arm).",
+        "",
+        "| arm | n | " + " | ".join(metrics) + " |",
+        "|---" * (len(metrics) + 2) + "|",
+    ]
+    for arm, group in results.groupby("arm", sort=False):
+        cells = []
+        for m in metrics:
+            values = group[m].tolist()
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.4f} ± {spread:.4f}")
+        lines.append(f"| {arm} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

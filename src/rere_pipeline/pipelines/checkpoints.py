@@ -1,0 +1,64 @@
+"""Resumable training directories shared by the ``sft`` and ``rere`` pipelines.
+
+A directory of trainer checkpoints is stamped with a fingerprint of the run (parameters and
+data): a killed run with the same fingerprint resumes from its newest checkpoint, a changed
+run starts afresh instead of resuming someone else's state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(params: dict, prompts: pd.DataFrame) -> str:
+    """Hash of the parameters, the row count and the first prompt's tokens."""
+    return hashlib.sha256(
+        json.dumps(
+            {
+                "params": params,
+                "rows": len(prompts),
+                "first": list(map(int, prompts["input_ids"].iloc[0])),
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()
+
+
+def prepare(output_dir: Path, stamp: str, resume: bool = True) -> str | None:
+    """Make ``output_dir`` ready for a run stamped ``stamp``; return the checkpoint to resume
+    from, if any (only when ``resume`` and the directory belongs to this very run)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    stamp_file = output_dir / "fingerprint.txt"
+    if output_dir.exists() and (not stamp_file.exists() or stamp_file.read_text() != stamp):
+        log.info("checkpoints in %s are from another configuration: starting afresh", output_dir)
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stamp_file.write_text(stamp)
+    last = get_last_checkpoint(str(output_dir)) if resume else None
+    if last:
+        log.info("resuming from %s", last)
+    return last
+
+
+def log_history_series(history: list[dict], keys: list[str] | None = None) -> dict:
+    """A trainer's ``log_history`` as MLflow metric series (``{key: [{value, step}]}``): the
+    given keys, or every numeric one."""
+    series: dict[str, list[dict]] = {}
+    for entry in history:
+        step = int(entry.get("step", 0))
+        for key, value in entry.items():
+            if key in ("step", "epoch") or (keys is not None and key not in keys):
+                continue
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                series.setdefault(key, []).append({"value": float(value), "step": step})
+    return series

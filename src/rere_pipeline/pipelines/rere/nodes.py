@@ -1,0 +1,151 @@
+"""Nodes of the ``rere`` pipeline: RL fine-tuning of the SFT model with constrained-beam groups."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+from datasets import Dataset
+from matplotlib.figure import Figure
+
+from rere_pipeline.pipelines import checkpoints
+from rere_pipeline.recsys import rere, rewards
+from rere_pipeline.recsys.backbone import Backbone
+from rere_pipeline.recsys.prompts import PromptTemplate
+from rere_pipeline.recsys.recommend import CatalogueRecommender
+
+log = logging.getLogger(__name__)
+
+PLOTTED = (
+    ("reward", "mean reward (weighted sum)"),
+    ("reward_std", "reward std"),
+    ("kl", "KL to the reference"),
+    ("rere/target_in_group", "share of groups holding the target"),
+    ("rere/distinct_items", "distinct items per group"),
+    ("valid_ndcg_at_10", "valid NDCG@10"),
+)
+
+
+def rl_dataset(prompts_train: pd.DataFrame, train: pd.DataFrame, params: dict) -> Dataset:
+    """Prompt text, target title and history ids of the train rows (``train_rows`` of them,
+    sampled with the seed, when set: the CPU budget)."""
+    if not (
+        (prompts_train["user_id"].values == train["user_id"].values).all()
+        and (prompts_train["item_id"].values == train["item_id"].values).all()
+    ):
+        raise ValueError("prompts_train and train rows are not aligned (rebuild the prompts)")
+    rows = pd.DataFrame(
+        {
+            "prompt": prompts_train["prompt"].values,
+            "item_title": prompts_train["item_title"].astype(str).values,
+            "history_item_id": [list(map(int, h)) for h in train["history_item_id"]],
+        }
+    )
+    if params.get("train_rows"):
+        rows = rows.sample(
+            n=min(int(params["train_rows"]), len(rows)), random_state=int(params.get("seed", 0))
+        )
+    return Dataset.from_pandas(rows.reset_index(drop=True))
+
+
+def reinforce(
+    sft_model: Backbone,
+    backbone: Backbone,
+    catalogue: pd.DataFrame,
+    prompts_train: pd.DataFrame,
+    train: pd.DataFrame,
+    prompts_valid: pd.DataFrame,
+    sasrec_model,
+    params: dict,
+    prompt_params: dict,
+) -> tuple[Backbone, dict, Figure]:
+    """ReRe on the train rows, starting from the SFT model (``init: sft``) or the backbone."""
+    init = {"sft": sft_model, "base": backbone}.get(params.get("init", "sft"))
+    if init is None:
+        raise ValueError(f"rere.init must be 'sft' or 'base', not {params.get('init')!r}")
+    size = int(params["num_generations"])
+    recommender = CatalogueRecommender(
+        init.tokenizer, init.model, catalogue, PromptTemplate.from_params(prompt_params)
+    )
+    index = rewards.CatalogueIndex(
+        dict(zip(recommender.trie.sequences, recommender.titles, strict=True)),
+        {  # a repeated title maps to its first item id
+            str(t): int(i)
+            for t, i in reversed(list(zip(catalogue["title"], catalogue["item_id"], strict=True)))
+        },
+    )
+    weights = {k: float(v) for k, v in (params.get("rewards") or {}).items() if v}
+    funcs, reward_weights = rewards.build_rewards(
+        weights, index, size, sasrec=sasrec_model if "collaborative" in weights else None
+    )
+    valid = prompts_valid.sample(
+        n=min(int(params["valid_rows"]), len(prompts_valid)),
+        random_state=int(params.get("seed", 0)),
+    )
+    output_dir = Path(params["output_dir"])
+    resume = checkpoints.prepare(
+        output_dir,
+        checkpoints.fingerprint(params, prompts_train),
+        resume=bool(params.get("resume", True)),
+    )
+    log.info(
+        "ReRe: %s groups of %d, rewards %s, beta %g, from the %s model",
+        params.get("sampling", "beam"),
+        size,
+        weights,
+        float(params["beta"]),
+        params.get("init", "sft"),
+    )
+    model, history, valid_history = rere.train_rere(
+        init.model,
+        init.tokenizer,
+        rl_dataset(prompts_train, train, params),
+        funcs,
+        reward_weights,
+        recommender.trie,
+        recommender.titles,
+        [list(p) for p in valid["prompt_ids"]],
+        valid["item_title"].astype(str).tolist(),
+        params,
+        str(output_dir),
+        resume_from_checkpoint=resume,
+    )
+    shutil.rmtree(output_dir)  # finished: the model itself is the output
+    metrics = checkpoints.log_history_series(history)
+    metrics["valid_ndcg_at_10"] = [
+        {"value": h["valid_ndcg_at_10"], "step": h["step"]} for h in valid_history
+    ]
+    return Backbone(init.tokenizer, model), metrics, training_figure(metrics)
+
+
+def training_figure(metrics: dict) -> Figure:
+    """The RL run at a glance: rewards per function, reward spread, KL, group statistics and
+    valid NDCG@10, against the step."""
+    figure = Figure(figsize=(13, 7), layout="constrained")
+    axes = figure.subplots(2, 4).ravel()
+    panels = [("rewards/", "mean reward per function")] + list(PLOTTED)
+    for ax, (key, title) in zip(axes, panels, strict=False):
+        names = (
+            [k for k in metrics if k.startswith(key) and k.endswith("/mean")]
+            if key == "rewards/"
+            else [key]
+        )
+        for name in names:
+            points = metrics.get(name, [])
+            if points:
+                ax.plot(
+                    [p["step"] for p in points],
+                    [p["value"] for p in points],
+                    marker="o" if len(points) < 20 else None,
+                    label=name.removeprefix("rewards/").removesuffix("/mean"),
+                )
+        if key == "rewards/" and names:
+            ax.legend()
+        ax.set(title=title, xlabel="step")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    figure.suptitle("ReRe reinforcement fine-tuning")
+    return figure

@@ -1,0 +1,455 @@
+"""ReRe: GRPO whose groups are the catalogue-constrained beams of the policy itself.
+
+``ReReTrainer`` is TRL's ``GRPOTrainer`` with one change, the group generation
+(``_generate_single_turn``): instead of sampling ``num_generations = G`` free-text completions
+per prompt, it asks the catalogue trie decoder for
+
+* ``beam`` (ReRe): the top-G distinct, valid items of a constrained beam search, in beam
+  order — the hardest negatives the policy believes in;
+* ``sample``: G constrained samples at ``temperature`` (repeats allowed), ordered by likelihood;
+* ``dynamic``: 1.5 G constrained samples, of which every copy of the target is kept and the
+  rest filled with the most frequent distinct negatives, ordered by likelihood.
+
+Everything else — rewards and their weights, group-normalised advantages, the clipped
+objective (GRPO / DAPO via ``loss_type``, GSPO via ``importance_sampling_level``), the KL to
+the reference model (``beta``) and its periodic sync — is TRL's. To know the targets during
+generation (for ``dynamic`` and the group statistics) the trainer remembers each batch's
+``item_title`` column before handing the batch to TRL.
+
+``ValidNDCGCallback`` decodes a fixed valid sample every ``eval_steps``, logs NDCG@10 and
+HR@10, keeps the best weights, and stops the run when NDCG@10 collapses.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from rere_pipeline.recsys.decoding import Group, constrained_beam_search, constrained_sampling
+from rere_pipeline.recsys.metrics import ranking_metrics
+from rere_pipeline.recsys.trie import ItemTrie
+
+log = logging.getLogger(__name__)
+
+SAMPLING = ("beam", "sample", "dynamic")
+OBJECTIVES = {  # rere.objective -> (TRL loss_type, importance_sampling_level)
+    "grpo": ("grpo", "token"),
+    "dapo": ("dapo", "token"),
+    "gspo": ("grpo", "sequence"),
+}
+
+
+def dynamic_group(drawn: Group, target_item: int | None, size: int) -> Group:
+    """Keep every sampled copy of the target, fill up to ``size`` with the most frequent
+    distinct negatives (repeating the most frequent when too few are distinct); likelihood order."""
+    score = dict(zip(drawn.items, drawn.scores, strict=True))
+    completion = dict(zip(drawn.items, drawn.completions, strict=True))
+    counts = Counter(drawn.items)
+    keep = [target_item] * counts.get(target_item, 0)
+    negatives = [item for item, _ in counts.most_common() if item != target_item]
+    fill = negatives or [target_item]
+    while len(keep) < size:
+        keep += fill[: size - len(keep)]
+    keep = sorted(keep[:size], key=lambda i: -score[i])
+    return Group(keep, [score[i] for i in keep], [completion[i] for i in keep])
+
+
+def plain_head_logps(
+    model, input_ids, attention_mask, logits_to_keep, batch_size, temperature, compute_entropy
+):
+    """Log-probabilities (and entropies) of the last ``logits_to_keep`` tokens with one plain
+    LM-head matmul per chunk of rows.
+
+    TRL patches the model with a fused, tiled LM head built for GPUs; on a CPU its torch
+    fallback was the largest part of an RL step here (``benchmarks/rl_step.py``), as it was for
+    SFT. Same values, returned as TRL's ``(logps, entropies, None)``.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    logps, entropies = [], []
+    for start in range(0, input_ids.size(0), batch_size):
+        ids = input_ids[start : start + batch_size]
+        hidden = base.get_decoder()(
+            input_ids=ids, attention_mask=attention_mask[start : start + batch_size]
+        ).last_hidden_state[:, -logits_to_keep - 1 : -1]
+        logits = base.get_output_embeddings()(hidden).float() / temperature
+        log_probs = torch.log_softmax(logits, dim=-1)
+        logps.append(log_probs.gather(-1, ids[:, -logits_to_keep:].unsqueeze(-1)).squeeze(-1))
+        if compute_entropy:
+            entropies.append(-(log_probs.exp() * log_probs).sum(-1))
+    return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
+
+
+def _grpo_trainer_class():
+    from trl import GRPOTrainer
+
+    class ReReTrainer(GRPOTrainer):
+        """``GRPOTrainer`` whose groups come from the catalogue-constrained decoder."""
+
+        def __init__(
+            self,
+            *args,
+            trie: ItemTrie,
+            title_of_item: Sequence[str],
+            sampling: str = "beam",
+            decode_batch_size: int = 32,
+            plain_head: bool = False,
+            **kwargs,
+        ):
+            if sampling not in SAMPLING:
+                raise ValueError(f"rere.sampling must be one of {SAMPLING}, not {sampling!r}")
+            super().__init__(*args, **kwargs)
+            self.trie, self.title_of_item = trie, list(title_of_item)
+            self.sampling, self.decode_batch_size = sampling, decode_batch_size
+            self.plain_head = plain_head
+            self._item_of_title = {t: i for i, t in reversed(list(enumerate(self.title_of_item)))}
+            self._batch_targets: list[str] = []
+
+        def _get_per_token_logps_and_entropies(
+            self,
+            model,
+            input_ids,
+            attention_mask,
+            logits_to_keep,
+            batch_size=None,
+            compute_entropy=False,
+            compute_aux_loss=False,
+            **multimodal,
+        ):
+            if (
+                not self.plain_head
+                or compute_aux_loss
+                or any(v is not None for v in multimodal.values())
+            ):
+                return super()._get_per_token_logps_and_entropies(
+                    model,
+                    input_ids,
+                    attention_mask,
+                    logits_to_keep,
+                    batch_size,
+                    compute_entropy,
+                    compute_aux_loss,
+                    **multimodal,
+                )
+            return plain_head_logps(
+                model,
+                input_ids,
+                attention_mask,
+                logits_to_keep,
+                batch_size or len(input_ids),
+                self.temperature,
+                compute_entropy,
+            )
+
+        def _generate_and_score_completions(self, inputs):
+            self._batch_targets = [str(x["item_title"]) for x in inputs]
+            return super()._generate_and_score_completions(inputs)
+
+        def _generate_single_turn(
+            self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
+        ):
+            size = num_generations
+            if len(prompt_ids) % size or any(
+                list(prompt_ids[i]) != list(prompt_ids[i - i % size])
+                for i in range(len(prompt_ids))
+            ):
+                raise RuntimeError("expected each prompt repeated num_generations times in a row")
+            prompts = [list(p) for p in prompt_ids[::size]]
+            targets = self._batch_targets[::size]
+            model = self.accelerator.unwrap_model(self.model)
+            was_training = model.training
+            model.eval()
+            try:
+                groups = self._groups(model, prompts, targets, size)
+            finally:
+                model.train(was_training)
+            self._log_groups(groups, targets)
+            completion_ids = [list(c) for g in groups for c in g.completions]
+            return completion_ids, None
+
+        def _groups(self, model, prompts, targets, size) -> list[Group]:
+            pad = self.processing_class.pad_token_id
+            if self.sampling == "beam":
+                groups = constrained_beam_search(
+                    model,
+                    prompts,
+                    self.trie,
+                    size,
+                    batch_size=self.decode_batch_size,
+                    pad_token_id=pad,
+                )
+                short = [len(g.items) for g in groups if len(g.items) < size]
+                if short:
+                    raise RuntimeError(
+                        f"the catalogue trie yields only {min(short)} items for a prompt, fewer than "
+                        f"num_generations={size}"
+                    )
+                return groups
+            draws = math.ceil(1.5 * size) if self.sampling == "dynamic" else size
+            sampled = constrained_sampling(
+                model,
+                prompts,
+                self.trie,
+                draws,
+                temperature=self.args.temperature,
+                batch_size=max(1, self.decode_batch_size // 4),
+                pad_token_id=pad,
+            )
+            if self.sampling == "sample":
+                return sampled
+            return [
+                dynamic_group(g, self._item_of_title.get(t), size)
+                for g, t in zip(sampled, targets, strict=True)
+            ]
+
+        def _log_groups(self, groups: list[Group], targets: list[str]) -> None:
+            mode = "train" if self.model.training else "eval"
+            titles = [[self.title_of_item[i] for i in g.items] for g in groups]
+            hit = sum(t in ts for ts, t in zip(titles, targets, strict=True)) / len(groups)
+            self._metrics[mode]["rere/target_in_group"].append(hit)
+            self._metrics[mode]["rere/distinct_items"].append(
+                sum(len(set(ts)) for ts in titles) / len(groups)
+            )
+
+    return ReReTrainer
+
+
+class ValidNDCGCallback(TrainerCallback):
+    """Every ``every`` steps: NDCG@10 / HR@10 of constrained beam search on fixed valid prompts.
+
+    Keeps a CPU copy of the best weights (restored at the end) and stops training when NDCG@10
+    falls below ``collapse_ratio`` times the value before RL.
+    """
+
+    def __init__(
+        self,
+        prompts: Sequence[Sequence[int]],
+        targets: Sequence[str],
+        trie: ItemTrie,
+        title_of_item: Sequence[str],
+        *,
+        every: int,
+        num_beams: int = 20,
+        batch_size: int = 32,
+        pad_token_id: int | None = None,
+        collapse_ratio: float = 0.5,
+    ):
+        self.prompts, self.targets = [list(p) for p in prompts], list(targets)
+        self.trie, self.title_of_item = trie, title_of_item
+        self.every, self.num_beams, self.batch_size = every, num_beams, batch_size
+        self.pad_token_id, self.collapse_ratio = pad_token_id, collapse_ratio
+        self.history: list[dict] = []
+        self.best_state: dict | None = None
+        self.trainer = None  # set by ``bind``: where the metrics are logged
+
+    def bind(self, trainer) -> ValidNDCGCallback:
+        self.trainer = trainer
+        return self
+
+    def score(self, model) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        try:
+            groups = constrained_beam_search(
+                model,
+                self.prompts,
+                self.trie,
+                self.num_beams,
+                batch_size=self.batch_size,
+                pad_token_id=self.pad_token_id,
+            )
+        finally:
+            model.train(was_training)
+        ranked = [[self.title_of_item[i] for i in g.items] for g in groups]
+        metrics = ranking_metrics(ranked, self.targets, [10])
+        return {"valid_ndcg_at_10": metrics["NDCG@10"], "valid_hr_at_10": metrics["HR@10"]}
+
+    def _record(self, step: int, model) -> dict[str, float]:
+        metrics = self.score(model)
+        best = max((h["valid_ndcg_at_10"] for h in self.history), default=-1.0)
+        self.history.append({"step": step, **metrics})
+        if metrics["valid_ndcg_at_10"] > best:
+            self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            self.best_step = step
+        log.info("RL step %d: valid NDCG@10 %.4f, HR@10 %.4f", step, *metrics.values())
+        return metrics
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not self.history:
+            self._record(state.global_step, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every:
+            return
+        metrics = self._record(state.global_step, model)
+        if self.trainer is not None:
+            self.trainer.log(metrics)
+        if metrics["valid_ndcg_at_10"] < self.collapse_ratio * self.history[0]["valid_ndcg_at_10"]:
+            log.warning(
+                "valid NDCG@10 collapsed to %.4f (from %.4f before RL): stopping",
+                metrics["valid_ndcg_at_10"],
+                self.history[0]["valid_ndcg_at_10"],
+            )
+            control.should_training_stop = True
+
+    def restore_best(self, model) -> int:
+        """Load the best weights seen into ``model``; returns the step they come from."""
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        return getattr(self, "best_step", 0)
+
+
+def grpo_config(params: dict, output_dir: str, max_completion_length: int, use_cuda: bool):
+    """TRL ``GRPOConfig`` from ``parameters_rere.yml``."""
+    from trl import GRPOConfig
+
+    objective = str(params.get("objective", "grpo")).lower()
+    if objective not in OBJECTIVES:
+        raise ValueError(f"rere.objective must be one of {sorted(OBJECTIVES)}, not {objective!r}")
+    loss_type, level = OBJECTIVES[objective]
+    size = int(params["num_generations"])
+    sync = params.get("sync_ref_model", {}) or {}
+    return GRPOConfig(
+        output_dir=output_dir,
+        num_generations=size,
+        per_device_train_batch_size=size * int(params["prompts_per_step"]),
+        gradient_accumulation_steps=int(params.get("gradient_accumulation_steps", 1)),
+        num_train_epochs=float(params.get("epochs", 1)),
+        max_steps=int(params.get("max_steps", -1)),
+        learning_rate=float(params["learning_rate"]),
+        lr_scheduler_type=params.get("lr_scheduler_type", "constant"),
+        warmup_steps=float(params.get("warmup_ratio", 0.0)),
+        beta=float(params["beta"]),
+        loss_type=loss_type,
+        importance_sampling_level=level,
+        epsilon=float(params.get("epsilon", 0.2)),
+        scale_rewards=params.get("scale_rewards", "group"),
+        temperature=float(params.get("temperature", 1.0)),
+        max_completion_length=max_completion_length,
+        sync_ref_model=bool(sync.get("enabled", False)),
+        ref_model_sync_steps=int(sync.get("steps", 64)),
+        ref_model_mixup_alpha=float(sync.get("alpha", 1.0)),
+        disable_dropout=True,
+        gradient_checkpointing=bool(params.get("gradient_checkpointing", False)),
+        remove_unused_columns=False,
+        save_strategy="steps",
+        save_steps=int(params.get("save_steps", 50)),
+        save_total_limit=2,
+        save_only_model=False,
+        logging_steps=int(params.get("logging_steps", 5)),
+        report_to="none",
+        seed=int(params.get("seed", 0)),
+        data_seed=int(params.get("seed", 0)),
+        use_cpu=not use_cuda,
+        bf16=bool(use_cuda and params.get("bf16", True)),
+        dataloader_num_workers=0,
+        disable_tqdm=not params.get("progress", True),
+        log_completions=False,
+    )
+
+
+def reference_snapshot(model, directory: Path) -> None:
+    """Save ``model`` as the KL reference and point its config there.
+
+    TRL rebuilds the reference policy from ``config._name_or_path``; a model built in memory
+    has none, and a path may hold other weights by now, so the starting policy is saved
+    (safetensors) and the reference is loaded from exactly that.
+    """
+    model.save_pretrained(str(directory))
+    model.config._name_or_path = str(directory)
+
+
+def build_trainer(
+    model,
+    tokenizer,
+    dataset,
+    reward_funcs: list,
+    reward_weights: list[float],
+    trie: ItemTrie,
+    title_of_item: Sequence[str],
+    params: dict,
+    output_dir: str,
+    callbacks: Sequence[TrainerCallback] = (),
+):
+    """A ``ReReTrainer`` for ``model`` (trained in place) configured by ``parameters_rere.yml``."""
+    use_cuda = torch.cuda.is_available() and params.get("device", "auto") != "cpu"
+    args = grpo_config(params, output_dir, trie.depth, use_cuda)
+    args.reward_weights = list(reward_weights)
+    peft_config = None
+    if params.get("lora", {}).get("enabled"):
+        from rere_pipeline.recsys.sft import lora_config
+
+        peft_config = lora_config(params["lora"])
+    if args.beta > 0 and peft_config is None:
+        reference_snapshot(model, Path(output_dir) / "reference")
+    return _grpo_trainer_class()(
+        model=model,
+        reward_funcs=list(reward_funcs),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+        peft_config=peft_config,
+        trie=trie,
+        title_of_item=title_of_item,
+        sampling=params.get("sampling", "beam"),
+        decode_batch_size=int(params.get("decode_batch_size", 32)),
+        plain_head=params.get("loss_head", "auto") == "plain"
+        or (params.get("loss_head", "auto") == "auto" and not use_cuda),
+    )
+
+
+def train_rere(
+    model,
+    tokenizer,
+    dataset,
+    reward_funcs: list,
+    reward_weights: list[float],
+    trie: ItemTrie,
+    title_of_item: Sequence[str],
+    valid_prompts: Sequence[Sequence[int]],
+    valid_targets: Sequence[str],
+    params: dict,
+    output_dir: str,
+    resume_from_checkpoint: str | None = None,
+):
+    """RL-fine-tune a copy of ``model``; returns (best model, TRL log history, valid history)."""
+    callback = ValidNDCGCallback(
+        valid_prompts,
+        valid_targets,
+        trie,
+        title_of_item,
+        every=int(params.get("eval_steps", 50)),
+        num_beams=int(params.get("eval_beam_width", 20)),
+        batch_size=int(params.get("decode_batch_size", 32)),
+        pad_token_id=tokenizer.pad_token_id,
+        collapse_ratio=float(params.get("collapse_ratio", 0.5)),
+    )
+    trainer = build_trainer(
+        copy.deepcopy(model),
+        tokenizer,
+        dataset,
+        reward_funcs,
+        reward_weights,
+        trie,
+        title_of_item,
+        params,
+        output_dir,
+        callbacks=[callback],
+    )
+    callback.bind(trainer)
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trained = trainer.model
+    if params.get("keep_best", True):
+        best_step = callback.restore_best(trained)
+        log.info("ReRe: keeping the weights of step %d (best valid NDCG@10)", best_step)
+    if hasattr(trained, "merge_and_unload"):
+        trained = trained.merge_and_unload()
+    trained.eval()
+    return trained, trainer.state.log_history, callback.history

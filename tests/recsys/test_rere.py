@@ -1,0 +1,216 @@
+"""The ReRe trainer: constrained-beam groups inside TRL's GRPO loop."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from datasets import Dataset
+
+from rere_pipeline.recsys import rere, rewards
+from rere_pipeline.recsys.decoding import Group, constrained_beam_search
+from rere_pipeline.recsys.recommend import CatalogueRecommender
+
+G = 4
+PARAMS = {
+    "num_generations": G,
+    "prompts_per_step": 2,
+    "learning_rate": 5e-3,
+    "beta": 1e-3,
+    "objective": "grpo",
+    "sampling": "beam",
+    "eval_steps": 2,
+    "eval_beam_width": 8,
+    "save_steps": 2,
+    "logging_steps": 1,
+    "progress": False,
+    "collapse_ratio": 0.0,
+}
+
+
+@pytest.fixture(scope="module")
+def recommender(tiny_backbone, small_catalogue, template):
+    return CatalogueRecommender(
+        tiny_backbone.tokenizer, tiny_backbone.model, small_catalogue, template, num_beams=G
+    )
+
+
+@pytest.fixture(scope="module")
+def rows(small_catalogue, recommender):
+    """Histories whose target is the untrained model's second beam: every group holds its
+    target, so the rewards (and the gradients) are not all zero."""
+    titles = small_catalogue["title"].tolist()
+    histories = [titles[i : i + 3] for i in range(0, 40, 3)]
+    return histories, [rec.titles[1] for rec in recommender.recommend(histories)]
+
+
+@pytest.fixture(scope="module")
+def dataset(rows, template):
+    histories, targets = rows
+    return Dataset.from_dict(
+        {"prompt": [template.prompt(h) for h in histories], "item_title": targets}
+    )
+
+
+def _rewards(recommender, weights=None):
+    index = rewards.CatalogueIndex(
+        dict(zip(recommender.trie.sequences, recommender.titles, strict=True)), {}
+    )
+    return rewards.build_rewards(weights or {"rule": 1.0, "ranking": 1.0}, index, G)
+
+
+def _trainer(recommender, tiny_backbone, dataset, tmp_path, **params):
+    """A one-step ``ReReTrainer`` on the tiny model (not trained here)."""
+    funcs, weights = _rewards(recommender)
+    return rere.build_trainer(
+        copy.deepcopy(tiny_backbone.model),
+        tiny_backbone.tokenizer,
+        dataset,
+        funcs,
+        weights,
+        recommender.trie,
+        recommender.titles,
+        {**PARAMS, "max_steps": 1, **params},
+        str(tmp_path),
+    )
+
+
+def _train(recommender, tiny_backbone, dataset, rows, tmp_path, params, resume=None):
+    funcs, weights = _rewards(recommender)
+    histories, targets = rows
+    return rere.train_rere(
+        copy.deepcopy(tiny_backbone.model),
+        tiny_backbone.tokenizer,
+        dataset,
+        funcs,
+        weights,
+        recommender.trie,
+        recommender.titles,
+        recommender.prompt_ids(histories[:6]),
+        targets[:6],
+        params,
+        str(tmp_path),
+        resume_from_checkpoint=resume,
+    )
+
+
+def test_group_generation_is_the_constrained_beam_search(
+    recommender, tiny_backbone, dataset, rows, tmp_path
+):
+    trainer = _trainer(recommender, tiny_backbone, dataset, tmp_path)
+    histories, targets = rows
+    prompts = recommender.prompt_ids(histories[:3])
+    trainer._batch_targets = [t for t in targets[:3] for _ in range(G)]
+    trainer.model.train()  # as inside the training loop; decoding itself runs in eval mode
+    completion_ids, logprobs = trainer._generate_single_turn(
+        [p for p in prompts for _ in range(G)], None, {}, G
+    )
+    expected = constrained_beam_search(tiny_backbone.model, prompts, recommender.trie, G)
+    assert completion_ids == [c for g in expected for c in g.completions]
+    valid = set(recommender.trie.sequences)
+    for start in range(0, len(completion_ids), G):
+        group = [tuple(c) for c in completion_ids[start : start + G]]
+        assert len(group) == G and len(set(group)) == G and set(group) <= valid
+    assert trainer._metrics["train"]["rere/distinct_items"] == [G]
+    assert trainer.model.training
+    with pytest.raises(RuntimeError, match="repeated num_generations"):
+        trainer._generate_single_turn(prompts, None, {}, G)
+
+
+def test_dynamic_group_keeps_target_copies_and_fills_with_frequent_negatives():
+    drawn = Group(
+        items=[5, 7, 5, 9, 7, 7],
+        scores=[-1.0, -2.0, -1.0, -3.0, -2.0, -2.0],
+        completions=[[5], [7], [5], [9], [7], [7]],
+    )
+    got = rere.dynamic_group(drawn, target_item=9, size=4)
+    assert sorted(got.items) == [5, 7, 7, 9]  # the target's copy, then 7 (x3) and 5 (x2) fill
+    assert got.scores == sorted(got.scores, reverse=True)
+    # no target drawn: the three distinct negatives, best first
+    assert rere.dynamic_group(drawn, target_item=1, size=3).items == [5, 7, 9]
+
+
+def test_a_few_rl_steps_change_the_policy_and_log_the_metrics(
+    recommender, tiny_backbone, dataset, rows, tmp_path
+):
+    model, history, valid = _train(
+        recommender,
+        tiny_backbone,
+        dataset,
+        rows,
+        tmp_path,
+        {**PARAMS, "max_steps": 4, "keep_best": False},
+    )
+    before = tiny_backbone.model.state_dict()
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    logged = {k for h in history for k in h}
+    for key in (
+        "rewards/rule/mean",
+        "rewards/ranking/mean",
+        "reward_std",
+        "kl",
+        "rere/target_in_group",
+        "rere/distinct_items",
+        "valid_ndcg_at_10",
+    ):
+        assert key in logged, key
+    assert [v["step"] for v in valid] == [0, 2, 4]
+    assert next(h["rere/target_in_group"] for h in history if "rere/target_in_group" in h) == 1.0
+    assert next(h["rewards/rule/mean"] for h in history if "rewards/rule/mean" in h) == 1 / G
+
+
+@pytest.mark.parametrize("sampling", ["sample", "dynamic"])
+def test_sampled_groups_train_too(recommender, tiny_backbone, dataset, rows, tmp_path, sampling):
+    _, history, _ = _train(
+        recommender,
+        tiny_backbone,
+        dataset,
+        rows,
+        tmp_path,
+        {**PARAMS, "max_steps": 1, "sampling": sampling, "objective": "gspo", "eval_steps": 5},
+    )
+    assert any("rere/target_in_group" in h for h in history)
+
+
+def test_an_interrupted_rl_run_resumes_from_its_checkpoint(
+    recommender, tiny_backbone, dataset, rows, tmp_path
+):
+    params = {**PARAMS, "eval_steps": 100}
+    _, first, _ = _train(
+        recommender, tiny_backbone, dataset, rows, tmp_path, {**params, "max_steps": 2}
+    )
+    assert (tmp_path / "checkpoint-2" / "model.safetensors").exists()
+    _, second, valid = _train(
+        recommender,
+        tiny_backbone,
+        dataset,
+        rows,
+        tmp_path,
+        {**params, "max_steps": 4},
+        resume=str(tmp_path / "checkpoint-2"),
+    )
+    assert valid[0]["step"] == 2  # training began at the checkpoint's step, not at 0
+    logged = lambda history: {h["step"]: h["loss"] for h in history if "loss" in h}  # noqa: E731
+    assert {s: v for s, v in logged(second).items() if s <= 2} == logged(first)
+    assert max(logged(second)) == 4
+
+
+def test_plain_lm_head_gives_trls_log_probabilities(recommender, tiny_backbone, dataset, tmp_path):
+    trainer = _trainer(
+        recommender, tiny_backbone, dataset, tmp_path, loss_head="fused", temperature=0.7
+    )
+    torch.manual_seed(0)
+    ids = torch.randint(0, 600, (6, 30))
+    mask = torch.ones_like(ids)
+    mask[:2, :5] = 0  # left padding
+    fused = trainer._get_per_token_logps_and_entropies(
+        trainer.model, ids, mask, 12, batch_size=4, compute_entropy=True
+    )
+    trainer.plain_head = True
+    plain = trainer._get_per_token_logps_and_entropies(
+        trainer.model, ids, mask, 12, batch_size=4, compute_entropy=True
+    )
+    assert plain[0].shape == (6, 12)
+    torch.testing.assert_close(plain[0], fused[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(plain[1], fused[1], rtol=1e-4, atol=1e-4)
