@@ -60,3 +60,17 @@ def run_cli(
             f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
         )
     return result
+
+
+def mlflow_runs(project: Path):
+    """Every MLflow run of the project's store, newest first (a DataFrame)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
+    return mlflow.search_runs(search_all_experiments=True, order_by=["start_time DESC"])
+
+
+def latest_kedro_run(project: Path):
+    """The newest top-level run (one per ``kedro run``; its stages are nested runs)."""
+    runs = mlflow_runs(project)
+    return runs[runs["tags.mlflow.parentRunId"].isna()].iloc[0]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import copy_project, run_cli
+from helpers import copy_project, latest_kedro_run, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -64,11 +64,7 @@ def test_model_predictions_and_plot_are_written(baselines_run):
 
 
 def test_metrics_are_logged_to_mlflow(baselines_run):
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{baselines_run}/mlruns/mlflow.db")
-    runs = mlflow.search_runs(search_all_experiments=True, order_by=["start_time DESC"])
-    run = runs.iloc[0]
+    run = latest_kedro_run(baselines_run)
     assert run["status"] == "FINISHED"
     assert 0.0 <= run["metrics.eval.sasrec.test.NDCG_at_10"] <= 1.0
     assert 0.0 <= run["metrics.eval.sasrec_by_id.valid.HR_at_20"] <= 1.0

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import RAW, copy_project, run_cli
+from helpers import RAW, copy_project, mlflow_runs, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -37,13 +37,6 @@ def _rewrite_raw(project: Path, name: str, change) -> None:
     frame = change(frame)
     with gzip.open(path, "wt", newline="") as handle:
         frame.to_csv(handle, index=False)
-
-
-def _mlflow_runs(project: Path) -> pd.DataFrame:
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
-    return mlflow.search_runs(search_all_experiments=True, order_by=["start_time DESC"])
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +88,7 @@ def test_bad_rows_are_quarantined_with_rule_and_row(data_run):
 
 
 def test_data_run_is_one_mlflow_run_with_params_and_summary_metrics(data_run):
-    runs = _mlflow_runs(data_run)
+    runs = mlflow_runs(data_run)
     parents = runs[runs["tags.mlflow.parentRunId"].isna()]
     assert len(parents) == 1
     run = parents.iloc[0]
@@ -160,7 +153,7 @@ def test_corrupted_raw_file_stops_the_run_and_keeps_earlier_outputs(
     assert {path: _digest(project / path) for path in before} == before, (
         "earlier outputs were touched"
     )
-    runs = _mlflow_runs(project)
+    runs = mlflow_runs(project)
     failed = runs[
         runs["start_time"] >= runs[runs["tags.mlflow.parentRunId"].isna()]["start_time"].max()
     ]

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from helpers import copy_project, run_cli
+from helpers import copy_project, latest_kedro_run, mlflow_runs, run_cli
 
 pytestmark = pytest.mark.slow
 KS = (1, 3, 5, 10, 20)
@@ -49,12 +49,17 @@ def test_predictions_hold_top_k_catalogue_titles_per_user(full_run):
 
 
 def test_full_run_is_tracked_in_mlflow(full_run):
-    import mlflow
-
     project, _ = full_run
-    mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
-    run = mlflow.search_runs(search_all_experiments=True).iloc[0]
+    run = latest_kedro_run(project)
     assert run["status"] == "FINISHED"
+    runs = mlflow_runs(project)
+    stages = runs[runs["tags.mlflow.parentRunId"] == run["run_id"]]
+    assert sorted(stages["tags.stage"]) == sorted(
+        ["data", "backbone", "prompts", "sft", "baselines", "rere", "evaluate"]
+    )
+    assert set(stages["status"]) == {"FINISHED"}
+    rere_stage = stages[stages["tags.stage"] == "rere"].iloc[0]
+    assert rere_stage["metrics.rere.kl"] == run["metrics.rere.kl"]
     for metric in (
         "eval.sft.test.NDCG_at_10",
         "eval.rere.test.NDCG_at_10",
