@@ -1,8 +1,8 @@
 """ReRe: GRPO whose groups are the catalogue-constrained beams of the policy itself.
 
-``ReReTrainer`` is TRL's ``GRPOTrainer`` with one change, the group generation
-(``_generate_single_turn``): instead of sampling ``num_generations = G`` free-text completions
-per prompt, it asks the catalogue trie decoder for
+``ReReTrainer`` is TRL's ``GRPOTrainer`` with one change to what it learns from, the group
+generation (``_generate_single_turn``): instead of sampling ``num_generations = G`` free-text
+completions per prompt, it asks the catalogue trie decoder for
 
 * ``beam`` (ReRe): the top-G distinct, valid items of a constrained beam search, in beam
   order — the hardest negatives the policy believes in;
@@ -15,6 +15,9 @@ objective (GRPO / DAPO via ``loss_type``, GSPO via ``importance_sampling_level``
 the reference model (``beta``) and its periodic sync — is TRL's. To know the targets during
 generation (for ``dynamic`` and the group statistics) the trainer remembers each batch's
 ``item_title`` column before handing the batch to TRL.
+
+On a CPU it also computes the policy's log-probabilities with a plain LM-head matmul
+(``plain_head_logps``, same values) instead of TRL's GPU-oriented fused head, 4x faster here.
 
 ``ValidNDCGCallback`` decodes a fixed valid sample every ``eval_steps``, logs NDCG@10 and
 HR@10, keeps the best weights, and stops the run when NDCG@10 collapses.
