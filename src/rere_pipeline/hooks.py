@@ -41,6 +41,7 @@ class StageRunsHook:
     def __init__(self, stages: tuple[str, ...] | None = None):
         self.stages = stages
         self._children: dict[str, str] = {}
+        self._copied: dict[str, float] = {}  # metrics already copied to the parent
         self._pending: set[str] = set()
         self._stage: str | None = None
 
@@ -52,7 +53,7 @@ class StageRunsHook:
 
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
-        self._children, self._pending, self._stage = {}, set(), None
+        self._children, self._copied, self._pending, self._stage = {}, {}, set(), None
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs, is_async) -> None:
@@ -87,7 +88,9 @@ class StageRunsHook:
         mlflow.end_run()
         parent = mlflow.active_run()
         if parent is not None and child is not None:
-            metrics = mlflow.MlflowClient().get_run(child.info.run_id).data.metrics
-            if metrics:
-                mlflow.log_metrics(metrics)
+            latest = mlflow.MlflowClient().get_run(child.info.run_id).data.metrics
+            fresh = {k: v for k, v in latest.items() if self._copied.get(k) != v}
+            if fresh:
+                mlflow.log_metrics(fresh)
+                self._copied.update(fresh)
         self._stage = None
