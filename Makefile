@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test lint mlflow-ui viz lock clean
+.PHONY: setup run test lint mlflow-ui viz serve lock clean
 
 setup: $(VENV)/.installed
 
@@ -42,6 +42,11 @@ mlflow-ui: setup
 
 viz: setup
 	kedro viz run --host 127.0.0.1 --no-browser
+
+# The registry's champion as a REST endpoint (POST /invocations), local environment.
+serve: setup
+	MLFLOW_TRACKING_URI=sqlite:///mlruns/mlflow.db mlflow models serve \
+	  -m models:/rere-recommender@champion --host 127.0.0.1 --port 5001 --env-manager local
 
 lock: setup
 	( echo '# Exact versions the project is tested with (pip freeze). `make setup` installs with'; \

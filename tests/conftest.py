@@ -19,6 +19,8 @@ import pytest  # noqa: E402
 
 from helpers import PROJECT  # noqa: E402
 
+pytest_plugins = ["fixtures_models"]
+
 
 @pytest.fixture(scope="session")
 def raw_release() -> dict[str, pd.DataFrame]:

@@ -45,14 +45,20 @@ def copy_project(destination: Path) -> Path:
 
 
 def run_cli(
-    args: list[str], cwd: Path, check: bool = True, timeout: int = 600
+    args: list[str],
+    cwd: Path,
+    check: bool = True,
+    timeout: int = 600,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run a console script of this environment (kedro, dvc, git) in ``cwd``."""
+    """Run a console script of this environment (kedro, dvc, git) in ``cwd`` (``env``: extra
+    environment variables)."""
     bindir = Path(sys.executable).parent
     env = {
         **os.environ,
         "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
         "COLUMNS": "200",
+        **(env or {}),
     }
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:

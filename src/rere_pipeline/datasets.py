@@ -4,6 +4,7 @@
 (``frame.attrs["source"]``), so that validation errors and quarantined rows name the file,
 and that turns an unreadable file into an error naming it and the rule it broke.
 * ``HFModelDataset`` is a Hugging Face model directory (a causal LM and its tokenizer).
+* ``PeftAdapterDataset`` is a PEFT LoRA adapter directory (or a note that there is none).
 """
 
 from __future__ import annotations
@@ -69,3 +70,36 @@ class HFModelDataset(AbstractDataset):
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path), "load_args": self._load_args}
+
+
+class PeftAdapterDataset(AbstractDataset):
+    """A LoRA adapter as PEFT saves it (``adapter_config.json`` + safetensors).
+
+    ``save`` takes the adapter's files as ``{name: bytes}``; with full fine-tuning (no
+    adapter) that is a single ``NO_ADAPTER.md`` note, so the folder always exists for DVC.
+    ``load`` gives the folder when it holds an adapter (``PeftModel.from_pretrained(model,
+    path)``), else None. Saves are atomic, as for ``HFModelDataset``.
+    """
+
+    def __init__(self, *, path: str, metadata: dict | None = None) -> None:
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def load(self) -> Path | None:
+        return self._path if (self._path / "adapter_config.json").exists() else None
+
+    def save(self, data: dict[str, bytes]) -> None:
+        from rere_pipeline.recsys.backbone import replace_directory
+
+        def write(staging: Path) -> None:
+            staging.mkdir(parents=True)
+            for name, content in data.items():
+                (staging / Path(name).name).write_bytes(content)
+
+        replace_directory(self._path, write)
+
+    def _exists(self) -> bool:
+        return self._path.exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}

@@ -46,9 +46,9 @@ class StageRunsHook:
         self._stage: str | None = None
 
     def _stage_of(self, node) -> str | None:
-        from rere_pipeline.pipeline_registry import STAGES
+        from rere_pipeline.pipeline_registry import ON_DEMAND, STAGES
 
-        known = self.stages or (*STAGES, "ablation")
+        known = self.stages or (*STAGES, *ON_DEMAND)
         return next((t for t in known if t in node.tags), None)
 
     @hook_impl

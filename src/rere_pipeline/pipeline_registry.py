@@ -15,8 +15,11 @@ from rere_pipeline.pipelines import (
     data,
     evaluate,
     prompts,
+    registry,
     rere,
+    retrain,
     sft,
+    tune,
 )
 
 STAGES = {
@@ -27,6 +30,15 @@ STAGES = {
     "baselines": baselines,
     "rere": rere,
     "evaluate": evaluate,
+    "register": registry,
+}
+# Run on demand, not part of ``full``.
+ON_DEMAND = {
+    "ablation": ablation.create_pipeline,  # trains every arm
+    "promote": registry.create_promote_pipeline,
+    "tune": tune.create_pipeline,
+    "retrain": retrain.create_pipeline,
+    "demo_new_logs": retrain.create_demo_pipeline,
 }
 
 
@@ -34,5 +46,5 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines = {name: module.create_pipeline() for name, module in STAGES.items()}
     pipelines["full"] = sum(pipelines.values(), Pipeline([]))
     pipelines["__default__"] = pipelines["full"]
-    pipelines["ablation"] = ablation.create_pipeline()  # on demand: trains every arm
+    pipelines.update({name: create() for name, create in ON_DEMAND.items()})
     return pipelines

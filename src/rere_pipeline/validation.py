@@ -490,6 +490,8 @@ def validate_catalogue(raw: pd.DataFrame, limits: Limits) -> FileValidation:
     outcome.quarantine = outcome.quarantine.assign(
         source_line=outcome.quarantine["source_row"] + 1
     )  # no header
+    if outcome.fatal:
+        return outcome
     clean = outcome.clean
     outcome.clean = pd.DataFrame(
         {
@@ -530,6 +532,8 @@ def validate_event_log(
         helpers=_target_helpers,
         limits=limits,
     )
+    if outcome.fatal:
+        return outcome
     clean = outcome.clean
     outcome.clean = clean.assign(
         item_id=clean["item_id"].astype(str).str.strip().astype(np.int64),

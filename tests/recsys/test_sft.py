@@ -89,3 +89,16 @@ def test_lora_trains_adapters_and_merges_them(tiny_backbone, pairs, tmp_path):
         "LoRA touches only the adapted linear layers"
     )
     assert "model.embed_tokens.weight" not in changed
+
+    # the saved adapter, applied to the untouched base and merged, gives the same weights
+    from peft import PeftModel
+
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(adapter)
+    for name, content in adapter.items():
+        (tmp_path / "adapter").mkdir(exist_ok=True)
+        (tmp_path / "adapter" / name).write_bytes(content)
+    rebuilt = PeftModel.from_pretrained(
+        copy.deepcopy(tiny_backbone.model), str(tmp_path / "adapter")
+    ).merge_and_unload()
+    for key, value in trained.state_dict().items():
+        torch.testing.assert_close(rebuilt.state_dict()[key], value)

@@ -146,13 +146,22 @@ class Backbone(NamedTuple):
 def save_backbone(backbone: Backbone, path: str | Path) -> None:
     """Write the model (safetensors) and tokenizer to ``path`` atomically: a failed save
     leaves whatever was there before untouched."""
+
+    def write(staging: Path) -> None:
+        backbone.model.save_pretrained(staging)
+        backbone.tokenizer.save_pretrained(staging)
+
+    replace_directory(Path(path), write)
+
+
+def replace_directory(path: Path, write) -> None:
+    """Have ``write(staging)`` fill a new directory, then swap it in for ``path``: a failed
+    write leaves whatever was at ``path`` untouched."""
     import shutil
 
-    path = Path(path)
     staging = path.with_name(path.name + ".saving")
     shutil.rmtree(staging, ignore_errors=True)
-    backbone.model.save_pretrained(staging)
-    backbone.tokenizer.save_pretrained(staging)
+    write(staging)
     previous = path.with_name(path.name + ".previous")
     shutil.rmtree(previous, ignore_errors=True)
     if path.exists():

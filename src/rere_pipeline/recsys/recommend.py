@@ -35,14 +35,24 @@ class CatalogueRecommender:
         num_beams: int = 20,
         batch_size: int = 32,
         length_penalty: float = 0.0,
+        trie: ItemTrie | None = None,
     ):
+        """``trie``: a saved trie to use instead of building one; it must hold exactly the
+        catalogue's completions under this tokenizer and template."""
         self.tokenizer, self.model, self.template = tokenizer, model, template
         self.num_beams, self.batch_size, self.length_penalty = num_beams, batch_size, length_penalty
         titles = catalogue["title"].astype(str).tolist()
         ids = catalogue["item_id"].astype(int).tolist()
         completions = [tuple(completion_ids(tokenizer, template, t)) for t in titles]
-        vocab = max(model.config.vocab_size, len(tokenizer))
-        self.trie = ItemTrie.build(completions, tokenizer.eos_token_id, vocab)
+        if trie is None:
+            vocab = max(model.config.vocab_size, len(tokenizer))
+            trie = ItemTrie.build(completions, tokenizer.eos_token_id, vocab)
+        elif set(trie.sequences) != set(completions):
+            raise ValueError(
+                "the saved trie does not match the catalogue under this tokenizer and template "
+                f"({len(set(trie.sequences) ^ set(completions))} completions differ)"
+            )
+        self.trie = trie
         index = {seq: i for i, seq in enumerate(self.trie.sequences)}
         self.titles = [""] * len(self.trie.sequences)
         self.item_ids: list[list[int]] = [[] for _ in self.trie.sequences]

@@ -29,7 +29,7 @@ import copy
 import logging
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -242,8 +242,10 @@ class ValidNDCGCallback(TrainerCallback):
         batch_size: int = 32,
         pad_token_id: int | None = None,
         collapse_ratio: float = 0.5,
+        on_score: Callable[[int, dict[str, float]], None] | None = None,
     ):
         self.prompts, self.targets = [list(p) for p in prompts], list(targets)
+        self.on_score = on_score  # e.g. Optuna's report-and-prune; may raise to stop training
         self.trie, self.title_of_item = trie, title_of_item
         self.every, self.num_beams, self.batch_size = every, num_beams, batch_size
         self.pad_token_id, self.collapse_ratio = pad_token_id, collapse_ratio
@@ -281,6 +283,8 @@ class ValidNDCGCallback(TrainerCallback):
             self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             self.best_step = step
         log.info("RL step %d: valid NDCG@10 %.4f, HR@10 %.4f", step, *metrics.values())
+        if self.on_score is not None:
+            self.on_score(step, metrics)
         return metrics
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -300,6 +304,10 @@ class ValidNDCGCallback(TrainerCallback):
                 self.history[0]["valid_ndcg_at_10"],
             )
             control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.history and self.history[-1]["step"] != state.global_step:
+            self._record(state.global_step, model)  # the final weights are always scored
 
     def restore_best(self, model) -> int:
         """Load the best weights seen into ``model``; returns the step they come from."""
@@ -421,8 +429,11 @@ def train_rere(
     params: dict,
     output_dir: str,
     resume_from_checkpoint: str | None = None,
+    on_score: Callable[[int, dict[str, float]], None] | None = None,
 ):
-    """RL-fine-tune a copy of ``model``; returns (best model, TRL log history, valid history)."""
+    """RL-fine-tune a copy of ``model``; returns (best model, TRL log history, valid history).
+
+    ``on_score(step, metrics)`` sees every periodic valid score (e.g. to prune a trial)."""
     callback = ValidNDCGCallback(
         valid_prompts,
         valid_targets,
@@ -433,6 +444,7 @@ def train_rere(
         batch_size=int(params.get("decode_batch_size", 32)),
         pad_token_id=tokenizer.pad_token_id,
         collapse_ratio=float(params.get("collapse_ratio", 0.5)),
+        on_score=on_score,
     )
     trainer = build_trainer(
         copy.deepcopy(model),

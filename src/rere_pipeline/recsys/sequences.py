@@ -218,7 +218,7 @@ def check_no_leakage(
         first = late.iloc[0]
         raise LeakageError(
             f"{len(late)} train target(s) at or after the cutoff {cutoff} "
-            f"({_iso(cutoff)}); first: user {first['user_id']!r}, item {first['item_id']}, "
+            f"({iso_date(cutoff)}); first: user {first['user_id']!r}, item {first['item_id']}, "
             f"timestamp {first['timestamp']}"
         )
     keys = ["user_id", "item_id", "timestamp"]
@@ -230,7 +230,7 @@ def check_no_leakage(
             )
 
 
-def _iso(ts: int) -> str:
+def iso_date(ts: int) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).date().isoformat()
 
 
@@ -245,11 +245,11 @@ def summarise(
         users=int(all_rows["user_id"].nunique()),
         events=int(len(events)),
         cutoff=int(cutoff),
-        cutoff_date=_iso(cutoff),
+        cutoff_date=iso_date(cutoff),
         mean_history_length=round(float(all_rows["history_item_id"].map(len).mean()), 3),
     )
     for name, frame in splits.items():
         if len(frame):
-            summary[f"{name}_first_target"] = _iso(int(frame["timestamp"].min()))
-            summary[f"{name}_last_target"] = _iso(int(frame["timestamp"].max()))
+            summary[f"{name}_first_target"] = iso_date(int(frame["timestamp"].min()))
+            summary[f"{name}_last_target"] = iso_date(int(frame["timestamp"].max()))
     return summary

@@ -67,6 +67,15 @@ def lora_config(params: dict):
     )
 
 
+def adapter_files(peft_model) -> dict[str, bytes]:
+    """The files ``save_pretrained`` writes for a PEFT model's adapter (before any merge)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        peft_model.save_pretrained(tmp)
+        return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+
+
 def to_dataset(columns: dict[str, list]) -> Dataset:
     return Dataset.from_dict(
         {"input_ids": columns["input_ids"], "completion_mask": columns["completion_mask"]}
@@ -81,7 +90,8 @@ def train_sft(
     params: dict,
     output_dir: str | Path,
 ):
-    """Fine-tune ``model``; returns (model with any adapters merged, TRL's log history, adapter model or None)."""
+    """Fine-tune ``model``; returns (model with any adapters merged, TRL's log history, the
+    LoRA adapter's files as ``{name: bytes}`` or None)."""
     from trl import SFTConfig, SFTTrainer
 
     output_dir = Path(output_dir)
@@ -144,7 +154,7 @@ def train_sft(
     trained = trainer.model
     adapter = None
     if peft_config is not None:
-        adapter = trained
+        adapter = adapter_files(trained)
         trained = trained.merge_and_unload()
     trained.eval()
     return trained, trainer.state.log_history, adapter

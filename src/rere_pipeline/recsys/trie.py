@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -99,6 +100,36 @@ class ItemTrie:
     def to(self, device: torch.device | str) -> ItemTrie:
         tensors = {k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
         return ItemTrie(**{**vars(self), **tensors})
+
+    def save(self, path: str | Path) -> None:
+        """Write the trie as safetensors (its tensors, the completions flattened, and sizes)."""
+        from safetensors.torch import save_file
+
+        lengths = torch.tensor([len(s) for s in self.sequences], dtype=torch.long)
+        flat = torch.tensor([t for s in self.sequences for t in s], dtype=torch.long)
+        tensors = {k: v.contiguous() for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
+        save_file(
+            {**tensors, "sequence_lengths": lengths, "sequence_tokens": flat},
+            str(path),
+            metadata={"vocab_size": str(self.vocab_size), "eos_token_id": str(self.eos_token_id)},
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> ItemTrie:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            meta = f.metadata()
+        flat = tensors.pop("sequence_tokens").tolist()
+        ends = torch.cumsum(tensors.pop("sequence_lengths"), 0).tolist()
+        sequences = [tuple(flat[a:b]) for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+        return cls(
+            **tensors,
+            sequences=sequences,
+            vocab_size=int(meta["vocab_size"]),
+            eos_token_id=int(meta["eos_token_id"]),
+        )
 
     def children(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All edges out of ``nodes`` ([N], -1 = no node): (owner index, token, child), grouped

@@ -7,17 +7,10 @@ import json
 import pandas as pd
 import pytest
 
-from helpers import copy_project, latest_kedro_run, mlflow_runs, run_cli
+from helpers import latest_kedro_run, mlflow_runs, run_cli
 
 pytestmark = pytest.mark.slow
 KS = (1, 3, 5, 10, 20)
-
-
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory):
-    project = copy_project(tmp_path_factory.mktemp("full") / "project")
-    result = run_cli(["kedro", "run", "--pipelines=full", "--env=test"], cwd=project)
-    return project, result
 
 
 def test_full_run_writes_models_and_the_evaluation_report(full_run):
@@ -55,7 +48,7 @@ def test_full_run_is_tracked_in_mlflow(full_run):
     runs = mlflow_runs(project)
     stages = runs[runs["tags.mlflow.parentRunId"] == run["run_id"]]
     assert sorted(stages["tags.stage"]) == sorted(
-        ["data", "backbone", "prompts", "sft", "baselines", "rere", "evaluate"]
+        ["data", "backbone", "prompts", "sft", "baselines", "rere", "evaluate", "register"]
     )
     assert set(stages["status"]) == {"FINISHED"}
     rere_stage = stages[stages["tags.stage"] == "rere"].iloc[0]

@@ -7,6 +7,7 @@ import time
 
 import pandas as pd
 
+from rere_pipeline.mlops.registry import rows_fingerprint
 from rere_pipeline.recsys.backbone import Backbone
 from rere_pipeline.recsys.decoding import DecodeTimings
 from rere_pipeline.recsys.metrics import ranking_metrics
@@ -38,9 +39,7 @@ def evaluate_lm(
     ks = [int(k) for k in params["ks"]]
     report, predictions = {}, []
     for split, prompts in splits.items():
-        limit = rows_limit(params.get("max_rows"), split)
-        if limit:
-            prompts = prompts.sample(n=min(limit, len(prompts)), random_state=0).sort_index()
+        prompts = scored_rows(prompts, params, split)
         timings = DecodeTimings()
         start = time.perf_counter()
         recs = recommender.to_recommendations(
@@ -55,6 +54,7 @@ def evaluate_lm(
             "rows": len(prompts),
             "valid_fraction": sum(t in known for t in returned) / max(1, len(returned)),
             "beam_width": int(params["beam_width"]),
+            "rows_fingerprint": rows_fingerprint(prompts, int(params["beam_width"])),
             **ranking_metrics([r.titles for r in recs], prompts["item_title"].tolist(), ks),
             "users_per_second": len(prompts) / seconds,
         }
@@ -79,6 +79,14 @@ def evaluate_lm(
             )
         )
     return {model_name: report}, pd.concat(predictions, ignore_index=True)
+
+
+def scored_rows(rows: pd.DataFrame, params: dict, split: str) -> pd.DataFrame:
+    """The rows of ``split`` that evaluation scores: all, or a fixed sample (``max_rows``)."""
+    limit = rows_limit(params.get("max_rows"), split)
+    if not limit:
+        return rows
+    return rows.sample(n=min(limit, len(rows)), random_state=0).sort_index()
 
 
 def rows_limit(max_rows, split: str) -> int | None:

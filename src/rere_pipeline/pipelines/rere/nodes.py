@@ -60,8 +60,11 @@ def reinforce(
     sasrec_model,
     params: dict,
     prompt_params: dict,
+    on_score=None,
 ) -> tuple[Backbone, dict, Figure]:
-    """ReRe on the train rows, starting from the SFT model (``init: sft``) or the backbone."""
+    """ReRe on the train rows, starting from the SFT model (``init: sft``) or the backbone.
+
+    ``on_score(step, metrics)`` sees every periodic valid score (tuning prunes with it)."""
     init = {"sft": sft_model, "base": backbone}.get(params.get("init", "sft"))
     if init is None:
         raise ValueError(f"rere.init must be 'sft' or 'base', not {params.get('init')!r}")
@@ -111,6 +114,7 @@ def reinforce(
         params,
         str(output_dir),
         resume_from_checkpoint=resume,
+        on_score=on_score,
     )
     shutil.rmtree(output_dir)  # finished: the model itself is the output
     metrics = checkpoints.log_history_series(history)

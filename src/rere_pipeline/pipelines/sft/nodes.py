@@ -24,15 +24,18 @@ def _columns(prompts: pd.DataFrame) -> dict[str, list]:
 
 def fine_tune(
     backbone: Backbone, prompts_train: pd.DataFrame, prompts_valid: pd.DataFrame, params: dict
-) -> tuple[Backbone, dict, object]:
-    """SFT on the train prompts, early-stopped on the loss over ``valid_rows`` valid prompts."""
+) -> tuple[Backbone, dict, object, dict[str, bytes]]:
+    """SFT on the train prompts, early-stopped on the loss over ``valid_rows`` valid prompts.
+
+    Returns the model (any LoRA adapter merged), its loss series and plot, and the adapter's
+    files (a note when LoRA is off)."""
     valid = prompts_valid.sample(
         n=min(int(params["valid_rows"]), len(prompts_valid)),
         random_state=int(params.get("seed", 0)),
     )
     output_dir = Path(params["output_dir"])
     checkpoints.prepare(output_dir, checkpoints.fingerprint(params, prompts_train), resume=False)
-    model, history, _adapter = sft.train_sft(
+    model, history, adapter = sft.train_sft(
         backbone.model,
         backbone.tokenizer,
         _columns(prompts_train),
@@ -41,7 +44,15 @@ def fine_tune(
         output_dir,
     )
     shutil.rmtree(output_dir)  # finished: the model itself is the output
-    return Backbone(backbone.tokenizer, model), training_metrics(history), loss_figure(history)
+    adapter = adapter or {
+        "NO_ADAPTER.md": b"sft.lora.enabled is false: every weight was fine-tuned (see data/06_models/sft)\n"
+    }
+    return (
+        Backbone(backbone.tokenizer, model),
+        training_metrics(history),
+        loss_figure(history),
+        adapter,
+    )
 
 
 def training_metrics(history: list[dict]) -> dict:

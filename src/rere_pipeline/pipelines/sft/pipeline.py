@@ -11,7 +11,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 fine_tune,
                 ["backbone", "prompts_train", "prompts_valid", "params:sft"],
-                ["sft_model", "sft_history", "sft_loss_plot"],
+                ["sft_model", "sft_history", "sft_loss_plot", "sft_adapter"],
                 name="fine_tune",
             )
         ],

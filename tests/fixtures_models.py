@@ -1,4 +1,5 @@
-"""A tiny offline backbone over a slice of the real catalogue, shared by the recsys tests."""
+"""A tiny offline backbone over a slice of the real catalogue, shared by the tests
+(registered as a pytest plugin in ``conftest.py``)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""The MLOps loop around the recommender: serving, registry promotion, tuning, retraining."""

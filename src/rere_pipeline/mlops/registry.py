@@ -1,0 +1,165 @@
+"""The MLflow model registry: register a challenger, promote it to champion only if it is better.
+
+Every registered version of ``rere-recommender`` carries the evidence promotion needs as
+tags: ``valid_ndcg_at_10`` and ``valid_rows`` (a fingerprint of the valid rows and beam width
+it was scored on). ``promote`` compares challenger and champion **on the same rows**: when the
+fingerprints differ (e.g. after a retrain moved the split), the caller's ``rescore`` scores both
+again on common rows. The alias ``champion`` moves only when the challenger beats the champion
+by more than ``margin``; the decision and its reason are written to the challenger's tags
+(``promotion.*``) either way, and nothing else about the champion is ever touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def rows_fingerprint(rows: pd.DataFrame, beam_width: int) -> str:
+    """Identifies the scored rows (user, target item, time) and the beam width."""
+    keys = rows[["user_id", "item_id"]].astype(str).agg("|".join, axis=1)
+    digest = hashlib.sha256(("\n".join(keys) + f"\nbeam={beam_width}").encode()).hexdigest()
+    return digest[:16]
+
+
+def version_by_alias(client: mlflow.MlflowClient, name: str, alias: str):
+    """The model version holding ``alias``, or None (no such model or alias)."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def set_challenger(name: str, version: str, tags: dict[str, str]) -> None:
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    log.info("%s version %s is the challenger (%s)", name, version, tags)
+
+
+@dataclass
+class Decision:
+    promoted: bool
+    reason: str
+    challenger_version: str
+    challenger_score: float | None
+    champion_version: str | None
+    champion_score: float | None
+    margin: float
+
+
+def decide(challenger: float, champion: float | None, margin: float) -> tuple[bool, str]:
+    """Promote only a strictly better challenger: ``challenger > champion + margin``."""
+    if champion is None:
+        return True, f"no champion yet; challenger valid NDCG@10 {challenger:.4f}"
+    if challenger > champion + margin:
+        return True, (
+            f"challenger valid NDCG@10 {challenger:.4f} beats the champion's {champion:.4f} "
+            f"by more than the margin {margin:g}"
+        )
+    return False, (
+        f"challenger valid NDCG@10 {challenger:.4f} does not beat the champion's {champion:.4f} "
+        f"by more than the margin {margin:g}; the champion stays"
+    )
+
+
+def promote(
+    name: str,
+    margin: float = 0.0,
+    rescore: Callable[[list[str]], list[float]] | None = None,
+) -> Decision:
+    """Move ``champion`` to the ``challenger`` version if it is better on the same valid rows.
+
+    ``rescore(model_uris) -> valid NDCG@10 each``, on rows common to all of them, is called
+    only when the two versions were scored on different rows (their ``valid_rows`` tags).
+    """
+    client = mlflow.MlflowClient()
+    challenger = version_by_alias(client, name, CHALLENGER)
+    if challenger is None:
+        raise ValueError(
+            f"registered model {name!r} has no {CHALLENGER!r} alias: register one first"
+        )
+    champion = version_by_alias(client, name, CHAMPION)
+    if champion is not None and str(champion.version) == str(challenger.version):
+        decision = Decision(
+            False,
+            f"version {challenger.version} already is the champion",
+            str(challenger.version),
+            None,
+            str(champion.version),
+            None,
+            margin,
+        )
+        log.info(decision.reason)
+        return decision
+    score = _recorded_score(challenger)
+    best = _recorded_score(champion) if champion is not None else None
+    if champion is not None and challenger.tags.get("valid_rows") != champion.tags.get(
+        "valid_rows"
+    ):
+        if rescore is None:
+            raise ValueError(
+                f"challenger v{challenger.version} and champion v{champion.version} were scored on "
+                "different valid rows and no rescoring function was given"
+            )
+        log.info("challenger and champion were scored on different rows: scoring both again")
+        score, best = rescore(
+            [f"models:/{name}/{challenger.version}", f"models:/{name}/{champion.version}"]
+        )
+    promoted, reason = decide(score, best, margin)
+    decision = Decision(
+        promoted,
+        reason,
+        str(challenger.version),
+        score,
+        str(champion.version) if champion is not None else None,
+        best,
+        margin,
+    )
+    _record(client, name, decision)
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, challenger.version)
+    log.info(
+        "%s v%s %s: %s", name, challenger.version, "promoted" if promoted else "kept out", reason
+    )
+    return decision
+
+
+def _recorded_score(version) -> float:
+    try:
+        return float(version.tags["valid_ndcg_at_10"])
+    except (KeyError, ValueError) as exc:
+        raise ValueError(
+            f"model version {version.version} has no numeric 'valid_ndcg_at_10' tag"
+        ) from exc
+
+
+def _record(client: mlflow.MlflowClient, name: str, decision: Decision) -> None:
+    tags = {
+        "promotion.decision": "promoted" if decision.promoted else "rejected",
+        "promotion.reason": decision.reason,
+        "promotion.at": datetime.now(tz=UTC).isoformat(timespec="seconds"),
+        "promotion.margin": f"{decision.margin:g}",
+        "promotion.challenger_valid_ndcg_at_10": f"{decision.challenger_score:.6f}",
+    }
+    if decision.champion_version is not None:
+        tags["promotion.champion_version"] = decision.champion_version
+        tags["promotion.champion_valid_ndcg_at_10"] = f"{decision.champion_score:.6f}"
+    for key, value in tags.items():
+        client.set_model_version_tag(name, decision.challenger_version, key, value)
+
+
+def decision_report(decision: Decision) -> dict:
+    return asdict(decision)

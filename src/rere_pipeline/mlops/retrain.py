@@ -1,0 +1,257 @@
+"""New interaction logs -> the event store -> splits with the cutoffs moved forward.
+
+The **event store** (``retrain.store_dir``) is the seed events (``base.parquet``, copied from
+the ``data`` pipeline's ``events`` on first use) plus one parquet file per processed log
+(``batches/``) and per catalogue addition (``items/``). ``ledger.json`` records every
+processed file by content hash, so a file is never ingested twice, whatever its name.
+
+Drop files into ``retrain.new_logs_dir``:
+
+* event logs (CSV or parquet): ``user_id,item_id,timestamp[,rating]``;
+* catalogue additions (a name starting with ``items``): ``item_id,title``.
+
+Nothing here writes to the store until ``EventStore.commit``, which the retrain calls only
+once everything else has succeeded: a failed retrain leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import filelock
+import pandas as pd
+
+from rere_pipeline import validation
+from rere_pipeline.recsys import sequences
+
+log = logging.getLogger(__name__)
+
+LOG_SUFFIXES = (".csv", ".csv.gz", ".parquet")
+DAY = 86_400
+
+
+class RetrainLocked(RuntimeError):
+    """Another retrain holds the lock."""
+
+
+def retrain_lock(path: str | Path) -> filelock.FileLock:
+    """A non-blocking inter-process lock: entering it raises ``RetrainLocked`` if held."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _Lock(str(path), timeout=0)
+
+
+class _Lock(filelock.FileLock):
+    def __enter__(self):
+        try:
+            return super().__enter__()
+        except filelock.Timeout as exc:
+            raise RetrainLocked(
+                f"another retrain is running (lock {self.lock_file} is held); try again when it ends"
+            ) from exc
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_log(path: Path) -> pd.DataFrame:
+    """A dropped file with every cell as text (validation checks the types), its source named."""
+    try:
+        if path.name.endswith(".parquet"):
+            frame = pd.read_parquet(path).astype(str)
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:  # pandas and pyarrow raise many types for a corrupt file
+        raise validation.DataValidationError(
+            f"{path}: file is unreadable (rule: readable_file): {type(exc).__name__}: {exc}"
+        ) from exc
+    frame.attrs["source"] = str(path)
+    return frame
+
+
+def is_catalogue_file(path: Path) -> bool:
+    return path.name.startswith("items")
+
+
+@dataclass
+class Batch:
+    """The validated content of the new files, not yet in the store."""
+
+    files: list[dict] = field(default_factory=list)  # ledger entries
+    events: dict[str, pd.DataFrame] = field(default_factory=dict)  # batch name -> events
+    items: dict[str, pd.DataFrame] = field(default_factory=dict)  # batch name -> additions
+    quarantine: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    @property
+    def new_events(self) -> int:
+        return sum(len(e) for e in self.events.values())
+
+
+class EventStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.ledger_path = self.root / "ledger.json"
+
+    # ------------------------------------------------------------------ reading
+    def ledger(self) -> list[dict]:
+        if not self.ledger_path.exists():
+            return []
+        return json.loads(self.ledger_path.read_text())
+
+    def ensure_base(self, seed_events: pd.DataFrame) -> None:
+        """Start the store from the seed events (only if it has no base yet)."""
+        base = self.root / "base.parquet"
+        if not base.exists():
+            self._write(base, seed_events)
+            log.info("event store started at %s with %d seed events", self.root, len(seed_events))
+
+    def events(self, extra: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+        """Every stored event (plus ``extra`` batches), deduplicated and ordered per user."""
+        frames = [pd.read_parquet(self.root / "base.parquet")]
+        frames += [pd.read_parquet(p) for p in sorted((self.root / "batches").glob("*.parquet"))]
+        frames += list((extra or {}).values())
+        combined = pd.concat(frames, ignore_index=True)
+        return sequences.events_from_log(combined[["user_id", "item_id", "timestamp", "rating"]])
+
+    def catalogue(
+        self, seed: pd.DataFrame, extra: dict[str, pd.DataFrame] | None = None
+    ) -> pd.DataFrame:
+        frames = [seed[["item_id", "title"]]]
+        frames += [pd.read_parquet(p) for p in sorted((self.root / "items").glob("*.parquet"))]
+        frames += list((extra or {}).values())
+        return (
+            pd.concat(frames, ignore_index=True).drop_duplicates("item_id").reset_index(drop=True)
+        )
+
+    def new_files(self, folder: str | Path) -> list[Path]:
+        """Files in ``folder`` whose content has not been processed yet (catalogue first)."""
+        done = {entry["sha256"] for entry in self.ledger()}
+        found = sorted(
+            p
+            for p in Path(folder).glob("*")
+            if p.is_file() and p.name.endswith(LOG_SUFFIXES) and not p.name.startswith(".")
+        )
+        fresh = [p for p in found if sha256(p) not in done]
+        return sorted(fresh, key=lambda p: (not is_catalogue_file(p), p.name))
+
+    # ------------------------------------------------------------------ writing
+    def commit(self, batch: Batch) -> None:
+        """Add the batch's events and items, then its ledger entries (the commit point)."""
+        for sub, frames in (("batches", batch.events), ("items", batch.items)):
+            for name, frame in frames.items():
+                self._write(self.root / sub / f"{name}.parquet", frame)
+        self._write_text(self.ledger_path, json.dumps(self.ledger() + batch.files, indent=2))
+        log.info(
+            "event store: committed %d file(s), %d new events", len(batch.files), batch.new_events
+        )
+
+    @staticmethod
+    def _write(path: Path, frame: pd.DataFrame) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f".{path.name}.tmp")
+        frame.to_parquet(staging, index=False)
+        os.replace(staging, path)
+
+    @staticmethod
+    def _write_text(path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f".{path.name}.tmp")
+        staging.write_text(text)
+        os.replace(staging, path)
+
+
+def validate_new_files(
+    files: list[Path], catalogue: pd.DataFrame, limits: validation.Limits
+) -> Batch:
+    """Validate every file with the project's Great Expectations suites.
+
+    Bad rows go to the batch's quarantine with the rules they broke; a file that is fatal
+    (missing column, too many bad rows, unreadable) stops everything with that file named.
+    """
+    batch = Batch()
+    known = catalogue[["item_id", "title"]]
+    outcomes = []
+    for path in files:
+        raw = read_log(path)
+        digest = sha256(path)
+        name = f"{path.name.split('.')[0]}-{digest[:8]}"
+        if is_catalogue_file(path):
+            outcome = validation.validate_catalogue(raw, limits)
+            outcome.quarantine = outcome.quarantine.assign(
+                source_line=outcome.quarantine["source_row"] + 2  # these files have a header
+            )
+            additions = outcome.clean
+            if not outcome.fatal and len(additions):
+                batch.items[name] = additions
+                known = pd.concat([known, additions], ignore_index=True).drop_duplicates("item_id")
+            kept = len(additions)
+        else:
+            outcome = validation.validate_event_log(raw, known, limits)
+            kept = 0
+            if not outcome.fatal and len(outcome.clean):
+                events = sequences.events_from_log(outcome.clean)
+                batch.events[name] = events[["user_id", "item_id", "timestamp", "rating"]]
+                kept = len(events)
+        outcomes.append(outcome)
+        if len(outcome.quarantine):
+            batch.quarantine[name] = outcome.quarantine
+        batch.files.append(
+            {
+                "file": path.name,
+                "sha256": digest,
+                "kind": "catalogue" if is_catalogue_file(path) else "events",
+                "rows": int(len(raw)),
+                "accepted": int(kept),
+                "quarantined": int(len(outcome.quarantine)),
+                "processed_at": datetime.now(tz=UTC).isoformat(timespec="seconds"),
+            }
+        )
+    validation.raise_if_fatal(validation.combined_report(outcomes, limits))
+    return batch
+
+
+def moved_splits(
+    events: pd.DataFrame, catalogue: pd.DataFrame, history_max: int, window_days: int
+) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Rows of every event, split by target time: the newest ``window_days`` are test, the
+    window before is valid, everything earlier is train."""
+    rows = sequences.build_sequences(events, catalogue, history_max=history_max)
+    newest = int(rows["timestamp"].max())
+    test_start = newest - window_days * DAY + 1
+    valid_start = test_start - window_days * DAY
+    splits = sequences.split_by_time(rows, valid_start, test_start)
+    for name, frame in splits.items():
+        if frame.empty:
+            raise ValueError(
+                f"retrain: the {name} split is empty with window_days={window_days}; "
+                "use a wider window or add more logs"
+            )
+    sequences.check_no_leakage(
+        splits["train"], valid_start, held_out=[splits["valid"], splits["test"]]
+    )
+    windows = {
+        "valid_start": sequences.iso_date(valid_start),
+        "test_start": sequences.iso_date(test_start),
+        "newest_event": sequences.iso_date(newest),
+        **{f"{name}_rows": int(len(frame)) for name, frame in splits.items()},
+    }
+    return splits, windows
+
+
+def hold_out_newest(events: pd.DataFrame, days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The demo's split of the seed events: (everything older, the newest ``days`` as a log)."""
+    start = int(events["timestamp"].max()) - days * DAY + 1
+    newest = events["timestamp"] >= start
+    held = events[newest][["user_id", "item_id", "timestamp", "rating"]].reset_index(drop=True)
+    return events[~newest].reset_index(drop=True), held

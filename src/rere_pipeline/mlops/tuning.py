@@ -1,0 +1,136 @@
+"""Optuna over ReRe's design choices: group size, KL beta and reward weights.
+
+The study lives in an RDB (``tune.storage``: SQLite under ``data/`` by default, PostgreSQL
+for several machines) and is opened with ``load_if_exists``, so any number of workers started
+with the same storage and study name share it: each asks the study for its next trial.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import optuna
+
+log = logging.getLogger(__name__)
+
+
+def open_study(
+    storage: str,
+    study_name: str,
+    *,
+    sampler_seed: int | None = None,
+    n_startup_trials: int = 3,
+    pruner_warmup_steps: int = 0,
+) -> optuna.Study:
+    """Create or join the study (TPE sampler, median pruner on intermediate valid NDCG@10).
+
+    Workers sharing a study should not share a sampler seed (they would propose the same
+    first trials), so the default is unseeded.
+    """
+    engine_kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {}
+    return optuna.create_study(
+        storage=optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs),
+        study_name=study_name,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=n_startup_trials),
+        pruner=optuna.pruners.MedianPruner(
+            n_startup_trials=n_startup_trials, n_warmup_steps=pruner_warmup_steps
+        ),
+        load_if_exists=True,
+    )
+
+
+def suggest(trial: optuna.Trial, space: dict) -> dict:
+    """ReRe parameter overrides for one trial from ``tune.search_space``.
+
+    ``num_generations``: a list of choices; ``beta``: ``{low, high, log}``; ``rewards``:
+    ``{name: {low, high}}`` per reward function (a fixed number keeps that weight fixed).
+    """
+    overrides: dict = {}
+    if "num_generations" in space:
+        overrides["num_generations"] = int(
+            trial.suggest_categorical("num_generations", list(space["num_generations"]))
+        )
+    if "beta" in space:
+        spec = space["beta"]
+        overrides["beta"] = trial.suggest_float(
+            "beta", float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", True))
+        )
+    rewards = {}
+    for name, spec in (space.get("rewards") or {}).items():
+        rewards[name] = (
+            trial.suggest_float(f"rewards.{name}", float(spec["low"]), float(spec["high"]))
+            if isinstance(spec, dict)
+            else float(spec)
+        )
+    if rewards:
+        overrides["rewards"] = rewards
+    return overrides
+
+
+def best_overrides(study: optuna.Study, space: dict) -> dict:
+    """The best trial's ReRe overrides, fixed reward weights included."""
+    return suggest(optuna.trial.FixedTrial(study.best_trial.params), space)
+
+
+def pruning_reporter(trial: optuna.Trial, metric: str = "valid_ndcg_at_10") -> Callable:
+    """``on_score`` for ``train_rere``: report each valid score, stop the trial if pruned."""
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        trial.report(metrics[metric], step)
+        if trial.should_prune():
+            log.info(
+                "trial %d pruned at step %d (%s %.4f)", trial.number, step, metric, metrics[metric]
+            )
+            raise optuna.TrialPruned(f"pruned at step {step}")
+
+    return report
+
+
+def run_trials(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    n_trials: int,
+    timeout: float | None = None,
+) -> optuna.Study:
+    """Add up to ``n_trials`` trials to the (possibly shared) study within ``timeout`` seconds."""
+    study.optimize(
+        objective,
+        n_trials=n_trials,
+        timeout=timeout,
+        catch=(),
+        gc_after_trial=True,
+        show_progress_bar=False,
+    )
+    return study
+
+
+def figures(study: optuna.Study):
+    """Optimisation history and parameter importances (matplotlib figures)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as vis
+
+    history = vis.plot_optimization_history(study).figure
+    history.set_size_inches(7, 4)
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    try:
+        importance = vis.plot_param_importances(study).figure
+        importance.set_size_inches(7, 4)
+    except (RuntimeError, ValueError) as exc:  # fewer than 2 completed trials, or no variance
+        importance, ax = plt.subplots(figsize=(7, 4))
+        ax.text(
+            0.5,
+            0.5,
+            f"no importances from {len(completed)} completed trial(s):\n{exc}",
+            ha="center",
+            va="center",
+            wrap=True,
+        )
+        ax.set_axis_off()
+    for fig in (history, importance):
+        fig.tight_layout()
+    return history, importance

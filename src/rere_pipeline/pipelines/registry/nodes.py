@@ -1,0 +1,76 @@
+"""Nodes of the ``register`` and ``promote`` pipelines."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from rere_pipeline.mlops import registry, serving
+from rere_pipeline.pipelines.evaluate.nodes import scored_rows
+from rere_pipeline.recsys.backbone import Backbone
+from rere_pipeline.recsys.prompts import PromptTemplate
+
+log = logging.getLogger(__name__)
+
+
+def register_challenger(
+    sft_model: Backbone,
+    rere_model: Backbone,
+    catalogue: pd.DataFrame,
+    valid: pd.DataFrame,
+    evaluation: dict,
+    params: dict,
+    evaluate_params: dict,
+    prompt_params: dict,
+) -> dict:
+    """Log the chosen LM (``registry.model``) as a pyfunc model, register it, alias it
+    ``challenger`` and tag it with the valid and test scores ``evaluation.json`` holds."""
+    which = params.get("model", "rere")
+    model = {"rere": rere_model, "sft": sft_model}.get(which)
+    if model is None:
+        raise ValueError(f"registry.model must be 'rere' or 'sft', not {which!r}")
+    scores = evaluation[which]
+    if "valid" not in scores:
+        raise ValueError(f"evaluation.json has no valid scores for {which!r}: run evaluate first")
+    tags = {
+        "source_model": which,
+        "valid_ndcg_at_10": f"{scores['valid']['NDCG@10']:.6f}",
+        "valid_rows": scores["valid"]["rows_fingerprint"],
+        "valid_row_count": str(scores["valid"]["rows"]),
+    }
+    if "test" in scores:
+        tags["test_ndcg_at_10"] = f"{scores['test']['NDCG@10']:.6f}"
+    info = serving.log_recommender(
+        model,
+        catalogue,
+        PromptTemplate.from_params(prompt_params),
+        num_beams=int(evaluate_params["beam_width"]),
+        batch_size=int(evaluate_params["batch_size"]),
+        length_penalty=float(evaluate_params.get("length_penalty", 0.0)),
+        k=int(params.get("k", 10)),
+        example_history=[int(i) for i in valid["history_item_id"].iloc[0]],
+        registered_model_name=params["model_name"],
+        tags={"source_model": which},
+    )
+    version = str(info.registered_model_version)
+    registry.set_challenger(params["model_name"], version, tags)
+    return {
+        "model_name": params["model_name"],
+        "version": version,
+        "model_uri": info.model_uri,
+        **tags,
+    }
+
+
+def promote_challenger(valid: pd.DataFrame, params: dict, evaluate_params: dict) -> dict:
+    """Move ``champion`` to the challenger only if it beats the champion on valid NDCG@10."""
+
+    def rescore(model_uris: list[str]) -> list[float]:
+        rows = scored_rows(valid, evaluate_params, "valid")
+        return serving.score_models(model_uris, rows, k=10)
+
+    decision = registry.promote(
+        params["model_name"], margin=float(params.get("margin", 0.0)), rescore=rescore
+    )
+    return registry.decision_report(decision)

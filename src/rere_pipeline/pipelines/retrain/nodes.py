@@ -1,0 +1,202 @@
+"""Nodes of the ``retrain`` and ``demo_new_logs`` pipelines.
+
+One retrain cycle is one node, ``retrain_cycle``, because it is a transaction: it holds the
+retrain lock from start to end, stops early (successfully) when there is nothing new, and
+writes the event store only after the challenger is registered and the promotion decided.
+Each step calls the same node functions the ``prompts``, ``sft``, ``rere`` and ``evaluate``
+pipelines use.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from rere_pipeline import validation
+from rere_pipeline.mlops import registry, retrain, serving
+from rere_pipeline.pipelines.evaluate.nodes import evaluate_lm
+from rere_pipeline.pipelines.prompts.nodes import encode_split
+from rere_pipeline.pipelines.rere.nodes import reinforce
+from rere_pipeline.pipelines.sft.nodes import fine_tune
+from rere_pipeline.recsys.prompts import PromptTemplate
+
+log = logging.getLogger(__name__)
+
+
+def retrain_cycle(
+    catalogue: pd.DataFrame,
+    events: pd.DataFrame,
+    params: dict,
+    data_params: dict,
+    prompt_params: dict,
+    sft_params: dict,
+    rere_params: dict,
+    evaluate_params: dict,
+    registry_params: dict,
+) -> dict:
+    """New logs -> validated events -> moved splits -> SFT + ReRe warm-started from the
+    champion -> challenger vs champion on the new valid window -> register -> promote ->
+    commit the logs to the event store. Returns the cycle's report."""
+    store = retrain.EventStore(params["store_dir"])
+    with retrain.retrain_lock(params["lock_file"]):
+        store.ensure_base(events)
+        files = store.new_files(params["new_logs_dir"])
+        if not files:
+            message = f"no new logs in {params['new_logs_dir']}: nothing to retrain"
+            log.info(message)
+            return {"status": "no-op", "message": message, "processed": len(store.ledger())}
+        log.info("retrain: %d new file(s): %s", len(files), [f.name for f in files])
+        limits = validation.Limits.from_params(data_params["validation"])
+        batch = retrain.validate_new_files(files, store.catalogue(catalogue), limits)
+        _save_quarantine(batch, Path(params["quarantine_dir"]))
+        if not batch.new_events:
+            raise validation.DataValidationError(
+                f"retrain: none of {[f.name for f in files]} holds a valid new event"
+            )
+
+        full_catalogue = store.catalogue(catalogue, batch.items)
+        splits, windows = retrain.moved_splits(
+            store.events(batch.events),
+            full_catalogue,
+            int(data_params["history_max"]),
+            int(params["window_days"]),
+        )
+        log.info("retrain splits: %s", windows)
+
+        name = registry_params["model_name"]
+        champion = registry.version_by_alias(mlflow.MlflowClient(), name, registry.CHAMPION)
+        if champion is None:
+            raise ValueError(
+                f"retrain warm-starts from the champion, but {name!r} has none: run `full`, "
+                "then `kedro run --pipelines=promote` first"
+            )
+        start = serving.load_backbone_from_model(f"models:/{name}/{champion.version}")
+        prompts = {s: encode_split(start, rows, prompt_params) for s, rows in splits.items()}
+
+        sft_model, sft_history, _, _ = fine_tune(
+            start, prompts["train"], prompts["valid"], {**sft_params, **params["sft"]}
+        )
+        rere_model, rere_history, _ = reinforce(
+            sft_model,
+            start,
+            full_catalogue,
+            prompts["train"],
+            splits["train"],
+            prompts["valid"],
+            None,  # SASRec knows only the seed catalogue: no collaborative reward here
+            {**rere_params, **params["rere"]},
+            prompt_params,
+        )
+        scores = {}
+        for label, model in (("challenger", rere_model), ("champion", start)):
+            report, _ = evaluate_lm(
+                label,
+                model,
+                full_catalogue,
+                evaluate_params,
+                prompt_params,
+                valid=prompts["valid"],
+                test=prompts["test"],
+            )
+            scores[label] = report[label]
+        _log_metrics(scores, sft_history, rere_history)
+
+        valid = scores["challenger"]["valid"]
+        info = serving.log_recommender(
+            rere_model,
+            full_catalogue,
+            PromptTemplate.from_params(prompt_params),
+            num_beams=int(evaluate_params["beam_width"]),
+            batch_size=int(evaluate_params["batch_size"]),
+            length_penalty=float(evaluate_params.get("length_penalty", 0.0)),
+            k=int(registry_params.get("k", 10)),
+            example_history=[int(i) for i in splits["valid"]["history_item_id"].iloc[0]],
+            registered_model_name=name,
+            tags={"source_model": "retrain"},
+        )
+        version = str(info.registered_model_version)
+        registry.set_challenger(
+            name,
+            version,
+            {
+                "source_model": "retrain",
+                "warm_start_version": str(champion.version),
+                "valid_ndcg_at_10": f"{valid['NDCG@10']:.6f}",
+                "valid_rows": valid["rows_fingerprint"],
+                "valid_row_count": str(valid["rows"]),
+                "test_ndcg_at_10": f"{scores['challenger']['test']['NDCG@10']:.6f}",
+                "new_logs": ",".join(f["file"] for f in batch.files),
+            },
+        )
+
+        def same_rows(model_uris: list[str]) -> list[float]:
+            # both were just scored on the new valid rows (the champion's own tag is older)
+            return [valid["NDCG@10"], scores["champion"]["valid"]["NDCG@10"]]
+
+        decision = registry.promote(
+            name, margin=float(registry_params.get("margin", 0.0)), rescore=same_rows
+        )
+        store.commit(batch)
+    return {
+        "status": "promoted" if decision.promoted else "challenger kept out",
+        "files": batch.files,
+        "windows": windows,
+        "scores": {
+            label: {
+                split: {k: v for k, v in s.items() if "@" in k or k == "rows"}
+                for split, s in r.items()
+            }
+            for label, r in scores.items()
+        },
+        "challenger_version": version,
+        "decision": registry.decision_report(decision),
+    }
+
+
+def _save_quarantine(batch: retrain.Batch, folder: Path) -> None:
+    for name, rows in batch.quarantine.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        rows.to_csv(folder / f"{name}.csv", index=False)
+        log.warning("%d row(s) of %s quarantined in %s", len(rows), name, folder / f"{name}.csv")
+
+
+def _log_metrics(scores: dict, sft_history: dict, rere_history: dict) -> None:
+    for prefix, history in (("retrain.sft", sft_history), ("retrain.rere", rere_history)):
+        for key, points in history.items():
+            for point in points:
+                mlflow.log_metric(
+                    f"{prefix}.{key}".replace("@", "_at_"), point["value"], step=point["step"]
+                )
+    for label, report in scores.items():
+        for split, entry in report.items():
+            for metric, value in entry.items():
+                if "@" in metric:
+                    mlflow.log_metric(
+                        f"retrain.{label}.{split}.{metric.replace('@', '_at_')}", value
+                    )
+
+
+def demo_new_logs(events: pd.DataFrame, params: dict) -> str:
+    """Hold out the newest ``demo.holdout_days`` of the seed events as a new log file and
+    start the event store from the rest, so that ``retrain`` has something real to learn."""
+    store = retrain.EventStore(params["store_dir"])
+    if store.ledger():
+        raise ValueError(
+            f"the event store {store.root} has processed logs already; the demo starts from a "
+            "fresh store (delete that folder to run the demo again)"
+        )
+    older, held = retrain.hold_out_newest(events, int(params["demo"]["holdout_days"]))
+    (store.root / "base.parquet").unlink(missing_ok=True)
+    store.ensure_base(older)
+    target = Path(params["new_logs_dir"]) / params["demo"]["file"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    held.to_csv(target, index=False)
+    message = (
+        f"demo: {len(held)} events of the last {params['demo']['holdout_days']} days written to "
+        f"{target}; the event store starts from the {len(older)} older events"
+    )
+    log.info(message)
+    return message

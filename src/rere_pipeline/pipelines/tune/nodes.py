@@ -1,0 +1,124 @@
+"""Nodes of the ``tune`` pipeline."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import mlflow
+import optuna
+import pandas as pd
+from sqlalchemy.engine import make_url
+
+from rere_pipeline.mlops import tuning
+from rere_pipeline.pipelines.rere.nodes import reinforce
+from rere_pipeline.recsys.backbone import Backbone
+
+log = logging.getLogger(__name__)
+
+STORAGE_ENV = "RERE_OPTUNA_STORAGE"  # e.g. a PostgreSQL URL with a password: not in conf/
+
+
+def tune_rere(
+    sft_model: Backbone,
+    backbone: Backbone,
+    catalogue: pd.DataFrame,
+    prompts_train: pd.DataFrame,
+    train: pd.DataFrame,
+    prompts_valid: pd.DataFrame,
+    sasrec_model,
+    params: dict,
+    rere_params: dict,
+    prompt_params: dict,
+):
+    """Add ``n_trials`` trials to the shared study; return its best parameters so far, every
+    trial as a table, and the optimisation-history and importance plots.
+
+    A trial is ReRe from the SFT model on ``budget`` (overrides of ``parameters_rere.yml``)
+    with the suggested group size, beta and reward weights; its objective is valid NDCG@10
+    of the final weights, and each periodic valid score feeds the median pruner. Each trial
+    is a nested MLflow run.
+    """
+    storage = os.environ.get(STORAGE_ENV) or params["storage"]
+    study = tuning.open_study(
+        storage,
+        params["study_name"],
+        sampler_seed=params.get("sampler_seed"),
+        n_startup_trials=int(params.get("n_startup_trials", 3)),
+        pruner_warmup_steps=int(params.get("pruner_warmup_steps", 0)),
+    )
+    log.info(
+        "study %r in %s: %d trial(s) so far",
+        params["study_name"],
+        make_url(storage).render_as_string(hide_password=True),
+        len(study.trials),
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        overrides = tuning.suggest(trial, params["search_space"])
+        output_dir = f"{rere_params['output_dir']}_trial{trial.number}"
+        trial_params = {
+            **rere_params,
+            **(params.get("budget") or {}),
+            **overrides,
+            "output_dir": output_dir,
+            "resume": False,
+        }
+        mlflow.start_run(
+            run_name=f"trial-{trial.number}",
+            nested=True,
+            tags={"optuna.study": params["study_name"]},
+        )
+        mlflow.log_params({"trial": trial.number, **trial.params})
+        status = "FAILED"
+        try:
+            _, metrics, _ = reinforce(
+                sft_model,
+                backbone,
+                catalogue,
+                prompts_train,
+                train,
+                prompts_valid,
+                sasrec_model,
+                trial_params,
+                prompt_params,
+                on_score=tuning.pruning_reporter(trial),
+            )
+            for point in metrics["valid_ndcg_at_10"]:
+                mlflow.log_metric("valid_ndcg_at_10", point["value"], step=point["step"])
+            status = "FINISHED"
+            return metrics["valid_ndcg_at_10"][-1]["value"]
+        except optuna.TrialPruned:
+            status = "KILLED"
+            raise
+        finally:
+            mlflow.end_run(status=status)
+            shutil.rmtree(output_dir, ignore_errors=True)
+
+    tuning.run_trials(study, objective, int(params["n_trials"]), params.get("timeout"))
+    best = study.best_trial
+    summary = {
+        "study_name": params["study_name"],
+        "best_trial": best.number,
+        "best_value": best.value,
+        "best_params": tuning.best_overrides(study, params["search_space"]),
+        "trials": len(study.trials),
+        "states": pd.Series([t.state.name for t in study.trials]).value_counts().to_dict(),
+    }
+    log.info("best trial %d: valid NDCG@10 %.4f with %s", best.number, best.value, best.params)
+    history, importance = tuning.figures(study)
+    trials = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration"))
+    trials["duration"] = trials["duration"].dt.total_seconds()
+    return (
+        summary,
+        trials,
+        history,
+        importance,
+        {"tune.best_value": {"value": best.value, "step": 0}},
+    )
+
+
+def tuned_rere_params(rere_params: dict, tuned: dict) -> dict:
+    """``parameters_rere.yml`` with the study's best group size, beta and reward weights."""
+    return {**rere_params, **tuned["best_params"]}

@@ -1,0 +1,187 @@
+"""Registering the recommender as a pyfunc model, promotion both ways, serving over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from rere_pipeline.mlops import registry, serving
+
+NAME = "rere-recommender"
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh MLflow store (SQLite + local artifacts) used by everything in the test."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_name="registry-test")
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+def register(tiny_backbone, small_catalogue, template, score: float, rows: str = "rows-a") -> str:
+    with mlflow.start_run():
+        info = serving.log_recommender(
+            tiny_backbone,
+            small_catalogue,
+            template,
+            num_beams=5,
+            batch_size=8,
+            k=3,
+            registered_model_name=NAME,
+        )
+    version = str(info.registered_model_version)
+    registry.set_challenger(NAME, version, {"valid_ndcg_at_10": score, "valid_rows": rows})
+    return version
+
+
+def aliases() -> dict[str, str]:
+    return {k: str(v) for k, v in mlflow.MlflowClient().get_registered_model(NAME).aliases.items()}
+
+
+def test_logged_model_recommends_catalogue_items_from_ids_or_titles(
+    store, tiny_backbone, small_catalogue, template
+):
+    version = register(tiny_backbone, small_catalogue, template, 0.1)
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@challenger")
+    ids = small_catalogue["item_id"].tolist()
+    by_id = model.predict(pd.DataFrame({"history_item_ids": [[ids[1], ids[2]], [ids[7]]]}))
+    assert list(by_id.columns) == ["item_ids", "titles", "scores"] and len(by_id) == 2
+    title_of = dict(zip(small_catalogue["item_id"], small_catalogue["title"], strict=True))
+    for item_ids, titles, scores in by_id.itertuples(index=False):
+        assert len(item_ids) == len(set(titles)) == 3
+        assert [title_of[i] for i in item_ids] == list(titles)
+        assert list(scores) == sorted(scores, reverse=True)
+    titles = small_catalogue["title"].tolist()
+    by_title = model.predict(pd.DataFrame({"history_titles": [[titles[1], titles[2]]]}))
+    assert list(by_title["item_ids"][0]) == list(by_id["item_ids"][0])
+    five = model.predict(pd.DataFrame({"history_item_ids": [[ids[1]]]}), params={"k": 5})
+    assert len(five["titles"][0]) == 5
+    with pytest.raises(ValueError, match="row 0: item ids not in the catalogue: \\[123456789\\]"):
+        model.predict(pd.DataFrame({"history_item_ids": [[123456789]]}))
+    details = mlflow.MlflowClient().get_model_version(NAME, version)
+    assert details.tags["valid_ndcg_at_10"] == "0.1"
+    assert model.metadata.signature.params.to_dict()[0]["name"] == "k"
+
+
+def test_first_challenger_becomes_champion_then_only_a_better_one_replaces_it(
+    store, tiny_backbone, small_catalogue, template
+):
+    first = register(tiny_backbone, small_catalogue, template, 0.10)
+    decision = registry.promote(NAME, margin=0.0)
+    assert decision.promoted and aliases()["champion"] == first
+
+    worse = register(tiny_backbone, small_catalogue, template, 0.09)
+    decision = registry.promote(NAME, margin=0.0)
+    assert not decision.promoted and aliases() == {"champion": first, "challenger": worse}
+    tags = mlflow.MlflowClient().get_model_version(NAME, worse).tags
+    assert tags["promotion.decision"] == "rejected" and "champion stays" in tags["promotion.reason"]
+
+    equal = register(tiny_backbone, small_catalogue, template, 0.10)
+    assert not registry.promote(NAME, margin=0.0).promoted
+    assert aliases()["champion"] == first and equal != first
+
+    within_margin = register(tiny_backbone, small_catalogue, template, 0.105)
+    assert not registry.promote(NAME, margin=0.01).promoted
+    assert aliases()["champion"] == first and within_margin != first
+
+    better = register(tiny_backbone, small_catalogue, template, 0.12)
+    decision = registry.promote(NAME, margin=0.01)
+    assert decision.promoted and aliases() == {"champion": better, "challenger": better}
+    tags = mlflow.MlflowClient().get_model_version(NAME, better).tags
+    assert tags["promotion.decision"] == "promoted"
+    assert tags["promotion.champion_version"] == first
+    assert "beats the champion's 0.1000" in tags["promotion.reason"]
+    assert not registry.promote(NAME).promoted  # already the champion: nothing moves
+
+
+def test_different_valid_rows_are_rescored_on_common_rows(
+    store, tiny_backbone, small_catalogue, template
+):
+    champion = register(tiny_backbone, small_catalogue, template, 0.30, rows="old-split")
+    registry.promote(NAME)
+    challenger = register(tiny_backbone, small_catalogue, template, 0.01, rows="new-split")
+    with pytest.raises(ValueError, match="different valid rows"):
+        registry.promote(NAME)
+    calls = []
+
+    def rescore(uris):
+        calls.append(uris)
+        return [0.2, 0.1]  # challenger, champion on the same rows
+
+    decision = registry.promote(NAME, rescore=rescore)
+    assert calls == [[f"models:/{NAME}/{challenger}", f"models:/{NAME}/{champion}"]]
+    assert decision.promoted and aliases()["champion"] == challenger
+
+
+def test_score_models_ranks_with_each_model_on_the_same_rows(
+    store, tiny_backbone, small_catalogue, template
+):
+    register(tiny_backbone, small_catalogue, template, 0.1)
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@challenger")
+    titles = small_catalogue["title"].tolist()
+    histories = [[titles[1]], [titles[2], titles[3]]]
+    top = model.predict(pd.DataFrame({"history_titles": histories}), params={"k": 10})["titles"]
+    rows = pd.DataFrame(
+        {"history_item_title": histories, "item_title": [top[0][0], "not recommended"]}
+    )
+    [score] = serving.score_models([f"models:/{NAME}@challenger"], rows, k=10)
+    assert score == pytest.approx(0.5)  # row 0 hit at rank 0, row 1 missed
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_champion_is_served_over_http(store, tiny_backbone, small_catalogue, template):
+    register(tiny_backbone, small_catalogue, template, 0.1)
+    registry.promote(NAME)
+    port = _free_port()
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen(
+        [str(bindir / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion"]
+        + ["--host", "127.0.0.1", "--port", str(port), "--env-manager", "local"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, "mlflow models serve exited"
+                assert time.monotonic() < deadline, "server did not come up in 120 s"
+                time.sleep(1)
+        ids = small_catalogue["item_id"].tolist()
+        body = {"dataframe_records": [{"history_item_ids": [ids[1], ids[2]]}], "params": {"k": 4}}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    [prediction] = answer["predictions"]
+    assert len(prediction["item_ids"]) == len(set(prediction["titles"])) == 4
+    assert set(prediction["item_ids"]) <= set(ids)

@@ -1,0 +1,91 @@
+"""The event store, the moved splits and the retrain lock, on small hand-made logs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from rere_pipeline import validation
+from rere_pipeline.mlops import retrain
+
+DAY = 86_400
+T0 = 1_500_000_000  # 2017-07-14: a plausible event time
+CATALOGUE = pd.DataFrame({"item_id": [1, 2, 3, 4], "title": ["A", "B", "C", "D"]})
+
+
+def events(rows) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).assign(rating=5.0)
+    return frame.assign(timestamp=frame["timestamp"] + T0).astype({"user_id": str})
+
+
+def test_moved_splits_hold_out_the_newest_windows():
+    # two users, one event every 5 days for 60 days
+    log = events([(u, 1 + (d // 5) % 4, d * DAY) for u in ("u", "v") for d in range(0, 60, 5)])
+    splits, windows = retrain.moved_splits(
+        retrain.sequences.events_from_log(log), CATALOGUE, history_max=3, window_days=10
+    )
+    newest = T0 + 55 * DAY
+    assert (splits["test"]["timestamp"] > newest - 10 * DAY).all()
+    assert (splits["valid"]["timestamp"] > newest - 20 * DAY).all()
+    assert (splits["valid"]["timestamp"] <= newest - 10 * DAY).all()
+    assert (splits["train"]["timestamp"] <= newest - 20 * DAY).all()
+    assert windows["test_rows"] == 4 and windows["valid_rows"] == 4 and windows["train_rows"] == 14
+    assert splits["test"]["history_item_id"].map(len).max() == 3
+    with pytest.raises(ValueError, match="the train split is empty with window_days=30"):
+        retrain.moved_splits(retrain.sequences.events_from_log(log), CATALOGUE, 3, 30)
+
+
+def test_the_store_ingests_each_file_once_whatever_its_name(tmp_path):
+    store = retrain.EventStore(tmp_path / "store")
+    store.ensure_base(events([("u", 1, 10), ("u", 2, 20)]))
+    drop = tmp_path / "new_logs"
+    drop.mkdir()
+    events([("u", 2, 20), ("u", 3, 30), ("v", 4, 40)]).to_csv(drop / "day1.csv", index=False)
+    pd.DataFrame({"item_id": ["5"], "title": ["E"]}).to_csv(drop / "items_new.csv", index=False)
+    files = store.new_files(drop)
+    assert [f.name for f in files] == ["items_new.csv", "day1.csv"]  # catalogue first
+
+    limits = validation.Limits.from_params({"max_bad_fraction": 0.5})
+    batch = retrain.validate_new_files(files, store.catalogue(CATALOGUE), limits)
+    assert batch.new_events == 3 and not batch.quarantine
+    store.commit(batch)
+    assert len(store.events()) == 4  # (u, 2, 20) was already stored: kept once
+    assert store.catalogue(CATALOGUE)["title"].tolist() == ["A", "B", "C", "D", "E"]
+    assert [e["file"] for e in store.ledger()] == ["items_new.csv", "day1.csv"]
+
+    (drop / "day1.csv").rename(drop / "day1_again.csv")
+    assert store.new_files(drop) == []
+
+
+def test_bad_rows_are_quarantined_and_a_fatal_file_stops_everything(tmp_path):
+    drop = tmp_path / "new_logs"
+    drop.mkdir()
+    rows = [("u", str(1 + i % 4), str(T0 + i)) for i in range(9)] + [("u", "77", str(T0))]
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(
+        drop / "a.csv", index=False
+    )
+    limits = validation.Limits.from_params({"max_bad_fraction": 0.2})
+    batch = retrain.validate_new_files([drop / "a.csv"], CATALOGUE, limits)
+    [(name, quarantine)] = batch.quarantine.items()
+    assert name.startswith("a-") and quarantine["rules"].tolist() == ["item_id.in_catalogue"]
+    assert quarantine["source_line"].tolist() == [11] and batch.new_events == 9
+
+    pd.DataFrame({"user_id": ["u"], "item_id": ["1"]}).to_csv(drop / "b.csv", index=False)
+    with pytest.raises(validation.DataValidationError, match="b.csv: required column 'timestamp'"):
+        retrain.validate_new_files([drop / "b.csv"], CATALOGUE, limits)
+
+
+def test_a_held_lock_refuses_a_second_retrain(tmp_path):
+    with retrain.retrain_lock(tmp_path / "x.lock"):
+        with pytest.raises(retrain.RetrainLocked, match="another retrain is running"):
+            with retrain.retrain_lock(tmp_path / "x.lock"):
+                pass
+    with retrain.retrain_lock(tmp_path / "x.lock"):  # released: free again
+        pass
+
+
+def test_demo_hold_out_splits_the_newest_days():
+    log = events([("u", 1, 0), ("u", 2, 40 * DAY), ("v", 3, 50 * DAY), ("v", 4, 70 * DAY)])
+    older, held = retrain.hold_out_newest(log, days=30)
+    assert held["timestamp"].tolist() == [T0 + 50 * DAY, T0 + 70 * DAY]
+    assert older["timestamp"].tolist() == [T0, T0 + 40 * DAY]

@@ -1,0 +1,77 @@
+"""Optuna helpers: the search space, pruning, and two workers sharing one SQLite study."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import optuna
+import pytest
+
+from rere_pipeline.mlops import tuning
+
+SPACE = {
+    "num_generations": [4, 8, 16],
+    "beta": {"low": 1e-4, "high": 1e-1, "log": True},
+    "rewards": {"rule": 1.0, "ranking": {"low": 0.0, "high": 2.0}},
+}
+
+
+def test_suggested_overrides_stay_in_the_search_space(tmp_path):
+    study = tuning.open_study(f"sqlite:///{tmp_path}/s.db", "space", sampler_seed=0)
+    for _ in range(5):
+        trial = study.ask()
+        overrides = tuning.suggest(trial, SPACE)
+        assert overrides["num_generations"] in (4, 8, 16)
+        assert 1e-4 <= overrides["beta"] <= 1e-1
+        assert overrides["rewards"]["rule"] == 1.0 and 0.0 <= overrides["rewards"]["ranking"] <= 2.0
+        study.tell(trial, overrides["beta"])
+    best = tuning.best_overrides(study, SPACE)  # the largest beta won
+    assert best["beta"] == max(t.params["beta"] for t in study.trials)
+    assert best["rewards"]["rule"] == 1.0  # fixed weights are part of the best parameters
+
+
+def test_a_trial_below_the_median_is_pruned(tmp_path):
+    study = tuning.open_study(f"sqlite:///{tmp_path}/p.db", "prune", n_startup_trials=2)
+    for value in (0.5, 0.6):  # two finished trials set the median at step 1
+        trial = study.ask()
+        trial.report(value, 1)
+        study.tell(trial, value)
+    report = tuning.pruning_reporter(study.ask())
+    report(0, {"valid_ndcg_at_10": 0.01})  # no finished trial reported step 0: keep going
+    with pytest.raises(optuna.TrialPruned):
+        report(1, {"valid_ndcg_at_10": 0.1})  # best so far 0.1 < median 0.55 at step 1
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys, time
+    from rere_pipeline.mlops import tuning
+
+    def objective(trial):
+        overrides = tuning.suggest(trial, {"beta": {"low": 1e-4, "high": 1e-1, "log": True}})
+        time.sleep(0.2)  # long enough for the two workers' trials to interleave
+        return -abs(overrides["beta"] - 1e-2)
+
+    study = tuning.open_study(sys.argv[1], "shared")
+    tuning.run_trials(study, objective, n_trials=4)
+    """
+)
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    tuning.open_study(storage, "shared")  # create it once, as the first worker would
+    workers = [
+        subprocess.Popen([sys.executable, "-c", WORKER, storage], stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    for worker in workers:
+        _, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err[-3000:]
+    trials = optuna.load_study(study_name="shared", storage=storage).trials
+    assert len(trials) == 8
+    assert sorted(t.number for t in trials) == list(range(8))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len({t.params["beta"] for t in trials}) == 8

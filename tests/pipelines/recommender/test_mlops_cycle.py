@@ -1,0 +1,151 @@
+"""The MLOps loop on the test profile, after `full`: promote, tune, and retrain on new logs."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+
+from helpers import mlflow_runs, run_cli
+from rere_pipeline.mlops import retrain
+
+pytestmark = pytest.mark.slow
+NAME = "rere-recommender"
+LEDGER = "data/03_primary/event_store/ledger.json"
+
+
+def kedro(project, pipeline, check=True):
+    return run_cli(
+        ["kedro", "run", f"--pipelines={pipeline}", "--env=test"], cwd=project, check=check
+    )
+
+
+def registry_state(project):
+    mlflow_runs(project)  # points MLflow at the project's store
+    client = mlflow.MlflowClient()
+    model = client.get_registered_model(NAME)
+    versions = client.search_model_versions(f"name='{NAME}'")
+    return {k: str(v) for k, v in model.aliases.items()}, sorted(int(v.version) for v in versions)
+
+
+def output(result) -> str:
+    return " ".join((result.stdout + result.stderr).split())  # undo rich's line wrapping
+
+
+@pytest.fixture(scope="module")
+def cycle(full_run):
+    project, _ = full_run
+    kedro(project, "promote")
+    return project
+
+
+def test_full_registers_a_challenger_that_promote_makes_champion(cycle):
+    challenger = json.loads((cycle / "data/08_reporting/registry/challenger.json").read_text())
+    assert challenger["source_model"] == "rere" and challenger["valid_row_count"] == "24"
+    decision = json.loads((cycle / "data/08_reporting/registry/promotion.json").read_text())
+    assert decision["promoted"] and decision["reason"].startswith("no champion yet")
+    aliases, versions = registry_state(cycle)
+    assert aliases == {"champion": "1", "challenger": "1"} and versions == [1]
+
+
+def test_tune_runs_trials_as_nested_runs_and_trains_with_the_best(cycle):
+    kedro(cycle, "tune")
+    best = json.loads((cycle / "data/08_reporting/tuning/best.json").read_text())
+    trials = pd.read_csv(cycle / "data/08_reporting/tuning/trials.csv")
+    assert len(trials) == 3 and best["trials"] == 3
+    assert set(best["best_params"]) == {"num_generations", "beta", "rewards"}
+    assert best["best_params"]["rewards"]["rule"] == 1.0  # fixed weight kept
+    assert best["best_value"] == trials["value"].max()
+    runs = mlflow_runs(cycle)
+    trial_runs = runs[runs["tags.optuna.study"] == "rere"]
+    assert sorted(trial_runs["tags.mlflow.runName"]) == ["trial-0", "trial-1", "trial-2"]
+    assert "metrics.valid_ndcg_at_10" in trial_runs
+    for plot in ("history", "importance"):
+        assert (cycle / f"data/08_reporting/tuning/{plot}.png").stat().st_size > 5_000
+
+
+def test_demo_retrain_registers_a_challenger_and_records_the_logs(cycle):
+    kedro(cycle, "demo_new_logs")
+    demo_log = cycle / "data/01_raw/new_logs/demo_last_month.csv"
+    assert list(pd.read_csv(demo_log).columns) == ["user_id", "item_id", "timestamp", "rating"]
+    kedro(cycle, "retrain")
+    report = json.loads((cycle / "data/08_reporting/retrain/report.json").read_text())
+    assert report["files"][0]["file"] == "demo_last_month.csv"
+    assert report["files"][0]["accepted"] == len(pd.read_csv(demo_log))
+    assert report["windows"]["newest_event"] == "2018-09-28"
+    assert report["challenger_version"] == "2"
+    aliases, versions = registry_state(cycle)
+    assert versions == [1, 2] and aliases["challenger"] == "2"
+    decision = report["decision"]
+    assert aliases["champion"] == ("2" if decision["promoted"] else "1")
+    assert decision["challenger_score"] > decision["champion_score"] or not decision["promoted"]
+    tags = mlflow.MlflowClient().get_model_version(NAME, "2").tags
+    assert (
+        tags["promotion.decision"] in ("promoted", "rejected") and tags["warm_start_version"] == "1"
+    )
+    assert [e["file"] for e in json.loads((cycle / LEDGER).read_text())] == ["demo_last_month.csv"]
+
+    # nothing new: a no-op that says so, and the registry does not move
+    again = kedro(cycle, "retrain")
+    assert "no new logs in data/01_raw/new_logs: nothing to retrain" in output(again)
+    assert registry_state(cycle) == (aliases, versions)
+
+
+def test_a_second_retrain_is_refused_while_one_holds_the_lock(cycle):
+    (cycle / "data/01_raw/new_logs/other.csv").write_text("user_id,item_id,timestamp\n")
+    try:
+        with retrain.retrain_lock(cycle / "data/03_primary/event_store/.retrain.lock"):
+            result = kedro(cycle, "retrain", check=False)
+    finally:
+        (cycle / "data/01_raw/new_logs/other.csv").unlink()
+    assert result.returncode != 0
+    assert "another retrain is running" in output(result)
+
+
+def _new_events(project, count: int) -> pd.DataFrame:
+    """``count`` plausible new events, one day after the newest stored event."""
+    events = pd.read_parquet(project / "data/03_primary/events.parquet")
+    newest = int(events["timestamp"].max())
+    sample = events.sample(count, random_state=0)[["user_id", "item_id", "rating"]]
+    return sample.assign(timestamp=[newest + 86_400 + i for i in range(count)])[
+        ["user_id", "item_id", "timestamp", "rating"]
+    ]
+
+
+def test_a_fatal_log_fails_the_retrain_and_changes_nothing(cycle):
+    ledger = (cycle / LEDGER).read_text()
+    before = registry_state(cycle)
+    _new_events(cycle, 5).drop(columns="timestamp").to_csv(
+        cycle / "data/01_raw/new_logs/no_time.csv", index=False
+    )
+    try:
+        result = kedro(cycle, "retrain", check=False)
+    finally:
+        (cycle / "data/01_raw/new_logs/no_time.csv").unlink()
+    assert result.returncode != 0
+    assert "no_time.csv: required column 'timestamp' is missing" in output(result)
+    assert (cycle / LEDGER).read_text() == ledger and registry_state(cycle) == before
+
+
+def test_bad_rows_of_a_new_log_are_quarantined_with_their_rule(cycle):
+    log = _new_events(cycle, 150).astype(str)
+    log.loc[len(log)] = [log["user_id"].iloc[0], "999999999", log["timestamp"].iloc[0], "5.0"]
+    log.to_csv(cycle / "data/01_raw/new_logs/week.csv", index=False)
+    kedro(cycle, "retrain")
+    report = json.loads((cycle / "data/08_reporting/retrain/report.json").read_text())
+    [entry] = report["files"]
+    assert (entry["file"], entry["rows"], entry["accepted"], entry["quarantined"]) == (
+        "week.csv",
+        151,
+        150,
+        1,
+    )
+    [quarantine] = (cycle / "data/08_reporting/quarantine/new_logs").glob("week-*.csv")
+    rows = pd.read_csv(quarantine)
+    assert rows[["source_row", "source_line", "rules"]].values.tolist() == [
+        [150, 152, "item_id.in_catalogue"]
+    ]
+    assert rows["source_file"].iloc[0].endswith("new_logs/week.csv")
+    assert [e["file"] for e in json.loads((cycle / LEDGER).read_text())][-1] == "week.csv"
