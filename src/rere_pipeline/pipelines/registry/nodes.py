@@ -41,6 +41,29 @@ def register_challenger(
     }
     if "test" in scores:
         tags["test_ndcg_at_10"] = f"{scores['test']['NDCG@10']:.6f}"
+    version, model_uri = register_model(
+        model,
+        catalogue,
+        [int(i) for i in valid["history_item_id"].iloc[0]],
+        tags,
+        params,
+        evaluate_params,
+        prompt_params,
+    )
+    return {"model_name": params["model_name"], "version": version, "model_uri": model_uri, **tags}
+
+
+def register_model(
+    model: Backbone,
+    catalogue: pd.DataFrame,
+    example_history: list[int],
+    tags: dict[str, str],
+    params: dict,
+    evaluate_params: dict,
+    prompt_params: dict,
+) -> tuple[str, str]:
+    """Log ``model`` as the pyfunc recommender (decoding as ``evaluate`` does), register it
+    under ``registry.model_name`` and make it the ``challenger``; returns (version, URI)."""
     info = serving.log_recommender(
         model,
         catalogue,
@@ -49,18 +72,13 @@ def register_challenger(
         batch_size=int(evaluate_params["batch_size"]),
         length_penalty=float(evaluate_params.get("length_penalty", 0.0)),
         k=int(params.get("k", 10)),
-        example_history=[int(i) for i in valid["history_item_id"].iloc[0]],
+        example_history=example_history,
         registered_model_name=params["model_name"],
-        tags={"source_model": which},
+        tags={"source_model": tags["source_model"]},
     )
     version = str(info.registered_model_version)
     registry.set_challenger(params["model_name"], version, tags)
-    return {
-        "model_name": params["model_name"],
-        "version": version,
-        "model_uri": info.model_uri,
-        **tags,
-    }
+    return version, info.model_uri
 
 
 def promote_challenger(valid: pd.DataFrame, params: dict, evaluate_params: dict) -> dict:

@@ -4,23 +4,24 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import reinforce
 
+# The models and rows ReRe trains on (``reinforce``'s leading inputs; ``tune`` uses them too).
+RERE_INPUTS = [
+    "sft_model",
+    "backbone",
+    "catalogue",
+    "prompts_train",
+    "train",
+    "prompts_valid",
+    "sasrec_model",
+]
+
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(
                 reinforce,
-                [
-                    "sft_model",
-                    "backbone",
-                    "catalogue",
-                    "prompts_train",
-                    "train",
-                    "prompts_valid",
-                    "sasrec_model",
-                    "params:rere",
-                    "params:prompts",
-                ],
+                [*RERE_INPUTS, "params:rere", "params:prompts"],
                 ["rere_model", "rere_history", "rere_training_plot"],
                 name="reinforce",
             )

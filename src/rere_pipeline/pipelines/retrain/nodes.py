@@ -9,6 +9,7 @@ pipelines use.
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -19,9 +20,10 @@ from rere_pipeline import validation
 from rere_pipeline.mlops import registry, retrain, serving
 from rere_pipeline.pipelines.evaluate.nodes import evaluate_lm
 from rere_pipeline.pipelines.prompts.nodes import encode_split
+from rere_pipeline.pipelines.registry.nodes import register_model
 from rere_pipeline.pipelines.rere.nodes import reinforce
 from rere_pipeline.pipelines.sft.nodes import fine_tune
-from rere_pipeline.recsys.prompts import PromptTemplate
+from rere_pipeline.recsys.backbone import Backbone
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +78,24 @@ def retrain_cycle(
         start = serving.load_backbone_from_model(f"models:/{name}/{champion.version}")
         prompts = {s: encode_split(start, rows, prompt_params) for s, rows in splits.items()}
 
+        def score(label: str, model: Backbone) -> dict:
+            report, _ = evaluate_lm(
+                label,
+                model,
+                full_catalogue,
+                evaluate_params,
+                prompt_params,
+                valid=prompts["valid"],
+                test=prompts["test"],
+            )
+            return report[label]
+
+        scores = {"champion": score("champion", start)}  # the new rows, before any training
         sft_model, sft_history, _, _ = fine_tune(
-            start, prompts["train"], prompts["valid"], {**sft_params, **params["sft"]}
+            Backbone(start.tokenizer, copy.deepcopy(start.model)),  # SFT trains in place
+            prompts["train"],
+            prompts["valid"],
+            {**sft_params, **params["sft"]},
         )
         rere_model, rere_history, _ = reinforce(
             sft_model,
@@ -90,37 +108,14 @@ def retrain_cycle(
             {**rere_params, **params["rere"]},
             prompt_params,
         )
-        scores = {}
-        for label, model in (("challenger", rere_model), ("champion", start)):
-            report, _ = evaluate_lm(
-                label,
-                model,
-                full_catalogue,
-                evaluate_params,
-                prompt_params,
-                valid=prompts["valid"],
-                test=prompts["test"],
-            )
-            scores[label] = report[label]
+        scores["challenger"] = score("challenger", rere_model)
         _log_metrics(scores, sft_history, rere_history)
 
         valid = scores["challenger"]["valid"]
-        info = serving.log_recommender(
+        version, _ = register_model(
             rere_model,
             full_catalogue,
-            PromptTemplate.from_params(prompt_params),
-            num_beams=int(evaluate_params["beam_width"]),
-            batch_size=int(evaluate_params["batch_size"]),
-            length_penalty=float(evaluate_params.get("length_penalty", 0.0)),
-            k=int(registry_params.get("k", 10)),
-            example_history=[int(i) for i in splits["valid"]["history_item_id"].iloc[0]],
-            registered_model_name=name,
-            tags={"source_model": "retrain"},
-        )
-        version = str(info.registered_model_version)
-        registry.set_challenger(
-            name,
-            version,
+            [int(i) for i in splits["valid"]["history_item_id"].iloc[0]],
             {
                 "source_model": "retrain",
                 "warm_start_version": str(champion.version),
@@ -130,6 +125,9 @@ def retrain_cycle(
                 "test_ndcg_at_10": f"{scores['challenger']['test']['NDCG@10']:.6f}",
                 "new_logs": ",".join(f["file"] for f in batch.files),
             },
+            registry_params,
+            evaluate_params,
+            prompt_params,
         )
 
         def same_rows(model_uris: list[str]) -> list[float]:

@@ -7,18 +7,9 @@ A worker that should only add trials to a shared study runs
 from kedro.pipeline import Node, Pipeline
 
 from rere_pipeline.pipelines.rere.nodes import reinforce
+from rere_pipeline.pipelines.rere.pipeline import RERE_INPUTS
 
 from . import nodes
-
-_RERE_INPUTS = [
-    "sft_model",
-    "backbone",
-    "catalogue",
-    "prompts_train",
-    "train",
-    "prompts_valid",
-    "sasrec_model",
-]
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -26,7 +17,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 nodes.tune_rere,
-                [*_RERE_INPUTS, "params:tune", "params:rere", "params:prompts"],
+                [*RERE_INPUTS, "params:tune", "params:rere", "params:prompts"],
                 [
                     "tuning_best",
                     "tuning_trials",
@@ -44,7 +35,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 reinforce,
-                [*_RERE_INPUTS, "rere_params_tuned", "params:prompts"],
+                [*RERE_INPUTS, "rere_params_tuned", "params:prompts"],
                 ["rere_model", "rere_history", "rere_training_plot"],
                 name="reinforce_tuned",
             ),
