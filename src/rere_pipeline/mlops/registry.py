@@ -27,7 +27,7 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 def rows_fingerprint(rows: pd.DataFrame, beam_width: int) -> str:
-    """Identifies the scored rows (user, target item, time) and the beam width."""
+    """Identifies the scored rows (user and target item, in order) and the beam width."""
     keys = rows[["user_id", "item_id"]].astype(str).agg("|".join, axis=1)
     digest = hashlib.sha256(("\n".join(keys) + f"\nbeam={beam_width}").encode()).hexdigest()
     return digest[:16]

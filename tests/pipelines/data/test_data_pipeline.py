@@ -158,21 +158,3 @@ def test_corrupted_raw_file_stops_the_run_and_keeps_earlier_outputs(
         runs["start_time"] >= runs[runs["tags.mlflow.parentRunId"].isna()]["start_time"].max()
     ]
     assert set(failed["status"]) == {"FAILED"}  # the run, and its stage if a node had started
-
-
-def test_dvc_repro_and_push_pull_round_trip(tmp_path):
-    project = copy_project(tmp_path / "project")
-    remote = tmp_path / "remote"
-    run_cli(["git", "init", "-q"], cwd=project)
-    run_cli(["dvc", "remote", "add", "--local", "-f", "-d", "scratch", str(remote)], cwd=project)
-
-    run_cli(["dvc", "repro", "data"], cwd=project)
-    outputs = {path: _digest(project / path) for path in MODEL_INPUT}
-    assert "didn't change, skipping" in run_cli(["dvc", "repro", "data"], cwd=project).stdout
-
-    run_cli(["dvc", "push", "data"], cwd=project)
-    for path in MODEL_INPUT:
-        (project / path).unlink()
-    shutil.rmtree(project / ".dvc" / "cache")
-    run_cli(["dvc", "pull", "data"], cwd=project)
-    assert {path: _digest(project / path) for path in MODEL_INPUT} == outputs

@@ -1,4 +1,5 @@
-"""`dvc repro` of the model stages on the test profile, and a LoRA adapter through the remote."""
+"""`dvc repro` of the stages up to `sft` on the test profile; the model-input datasets and a
+LoRA adapter through the remote and back."""
 
 from __future__ import annotations
 
@@ -12,11 +13,19 @@ from helpers import copy_project, run_cli
 
 pytestmark = pytest.mark.slow
 ADAPTER = "data/06_models/sft_adapter"
+MODEL_INPUT = [
+    f"data/05_model_input/{name}.parquet"
+    for name in ("train", "valid", "test", "prompts_train", "prompts_valid", "prompts_test")
+]
 TEST_ENV = {"KEDRO_ENV": "test"}
 
 
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _digests(folder):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    return {p.name: _sha256(p) for p in sorted(folder.iterdir())}
 
 
 def test_dvc_versions_a_lora_adapter_and_round_trips_it(tmp_path):
@@ -42,11 +51,15 @@ def test_dvc_versions_a_lora_adapter_and_round_trips_it(tmp_path):
     assert "Running stage 'sft'" in out
     before = _digests(adapter)
 
-    run_cli(["dvc", "push", "sft"], cwd=project)
+    inputs = {path: _sha256(project / path) for path in MODEL_INPUT}
+    run_cli(["dvc", "push", "--with-deps", "sft"], cwd=project)
     shutil.rmtree(adapter)
+    for path in MODEL_INPUT:
+        (project / path).unlink()
     shutil.rmtree(project / ".dvc" / "cache")
-    run_cli(["dvc", "pull", "sft"], cwd=project)
+    run_cli(["dvc", "pull", "--with-deps", "sft"], cwd=project)
     assert _digests(adapter) == before
+    assert {path: _sha256(project / path) for path in MODEL_INPUT} == inputs
 
     # the pulled adapter on the backbone reproduces the merged SFT weights
     from peft import PeftModel
