@@ -10,32 +10,22 @@ prints seconds per step of each and the ratio, and checks both give the same log
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import torch
 import trl.trainer.utils as trl_utils
 
-from rere_pipeline.recsys.backbone import load_backbone
 from rere_pipeline.recsys.rere import plain_head_logps
-from sft_step import seconds_per_step  # same directory
+from sft_step import parser, print_ratio, seconds_per_step, training_model  # same directory
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", default="data/06_models/backbone")
-    parser.add_argument("--batch", type=int, default=64, help="completions: prompts x G")
-    parser.add_argument("--prompt", type=int, default=101)
-    parser.add_argument("--completion", type=int, default=28)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-
-    base = load_backbone(args.model).model.train()
+    options = parser(__doc__)
+    options.add_argument("--batch", type=int, default=64, help="completions: prompts x G")
+    options.add_argument("--prompt", type=int, default=101)
+    options.add_argument("--completion", type=int, default=28)
+    args = options.parse_args()
+    base = training_model(args)
     vocab = base.config.vocab_size
     length, keep = args.prompt + args.completion, args.completion
     ids = torch.randint(0, vocab, (args.batch, length))
@@ -70,9 +60,7 @@ def main() -> None:
         f"{args.batch} completions x ({args.prompt} prompt + {args.completion} completion) tokens, "
         f"vocab {vocab}, {args.threads} threads; same log-probabilities: {same}"
     )
-    print(f"{'LM head':<28}{'s/step':>10}{'vs fused':>10}")
-    print(f"{'TRL fused (torch fallback)':<28}{fused:>10.3f}{1.0:>9.2f}x")
-    print(f"{'plain, completion only':<28}{plain:>10.3f}{fused / plain:>9.2f}x")
+    print_ratio("LM head", fused, plain)
 
 
 if __name__ == "__main__":

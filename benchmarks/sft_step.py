@@ -47,21 +47,37 @@ def seconds_per_step(model, loss_fn, ids, mask, labels, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The options both step benchmarks share: model, timed steps, threads."""
+    out = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="data/06_models/backbone")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--length", type=int, default=135)
-    parser.add_argument("--completion", type=int, default=25)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    out.add_argument("--model", default="data/06_models/backbone")
+    out.add_argument("--steps", type=int, default=5)
+    out.add_argument("--threads", type=int, default=2)
+    return out
+
+
+def training_model(args: argparse.Namespace) -> torch.nn.Module:
+    """The model in train mode, with the thread count and seed fixed."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    return load_backbone(args.model).model.train()
 
-    base = load_backbone(args.model).model.train()
+
+def print_ratio(head: str, fused: float, plain: float) -> None:
+    print(f"{head:<28}{'s/step':>10}{'vs fused':>10}")
+    print(f"{'TRL fused (torch fallback)':<28}{fused:>10.3f}{1.0:>9.2f}x")
+    print(f"{'plain, completion only':<28}{plain:>10.3f}{fused / plain:>9.2f}x")
+
+
+def main() -> None:
+    options = parser(__doc__)
+    options.add_argument("--batch", type=int, default=32)
+    options.add_argument("--length", type=int, default=135)
+    options.add_argument("--completion", type=int, default=25)
+    args = options.parse_args()
+    base = training_model(args)
     vocab = base.config.vocab_size
     ids = torch.randint(0, vocab, (args.batch, args.length))
     labels = ids.clone()
@@ -75,9 +91,7 @@ def main() -> None:
     print(
         f"batch {args.batch} x {args.length} tokens ({args.completion} labelled), vocab {vocab}, {args.threads} threads"
     )
-    print(f"{'loss head':<28}{'s/step':>10}{'vs fused':>10}")
-    print(f"{'TRL fused (torch fallback)':<28}{fused:>10.3f}{1.0:>9.2f}x")
-    print(f"{'plain, completion only':<28}{plain:>10.3f}{fused / plain:>9.2f}x")
+    print_ratio("loss head", fused, plain)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ def events(rows) -> pd.DataFrame:
     return frame.assign(timestamp=frame["timestamp"] + T0).astype({"user_id": str})
 
 
+def _new(path) -> list[retrain.NewFile]:
+    return [retrain.NewFile(path, retrain.sha256(path))]
+
+
 def test_moved_splits_hold_out_the_newest_windows():
     # two users, one event every 5 days for 60 days
     log = events([(u, 1 + (d // 5) % 4, d * DAY) for u in ("u", "v") for d in range(0, 60, 5)])
@@ -43,7 +47,7 @@ def test_the_store_ingests_each_file_once_whatever_its_name(tmp_path):
     events([("u", 2, 20), ("u", 3, 30), ("v", 4, 40)]).to_csv(drop / "day1.csv", index=False)
     pd.DataFrame({"item_id": ["5"], "title": ["E"]}).to_csv(drop / "items_new.csv", index=False)
     files = store.new_files(drop)
-    assert [f.name for f in files] == ["items_new.csv", "day1.csv"]  # catalogue first
+    assert [f.path.name for f in files] == ["items_new.csv", "day1.csv"]  # catalogue first
 
     limits = validation.Limits.from_params({"max_bad_fraction": 0.5})
     batch = retrain.validate_new_files(files, store.catalogue(CATALOGUE), limits)
@@ -65,14 +69,14 @@ def test_bad_rows_are_quarantined_and_a_fatal_file_stops_everything(tmp_path):
         drop / "a.csv", index=False
     )
     limits = validation.Limits.from_params({"max_bad_fraction": 0.2})
-    batch = retrain.validate_new_files([drop / "a.csv"], CATALOGUE, limits)
+    batch = retrain.validate_new_files(_new(drop / "a.csv"), CATALOGUE, limits)
     [(name, quarantine)] = batch.quarantine.items()
     assert name.startswith("a-") and quarantine["rules"].tolist() == ["item_id.in_catalogue"]
     assert quarantine["source_line"].tolist() == [11] and batch.new_events == 9
 
     pd.DataFrame({"user_id": ["u"], "item_id": ["1"]}).to_csv(drop / "b.csv", index=False)
     with pytest.raises(validation.DataValidationError, match="b.csv: required column 'timestamp'"):
-        retrain.validate_new_files([drop / "b.csv"], CATALOGUE, limits)
+        retrain.validate_new_files(_new(drop / "b.csv"), CATALOGUE, limits)
 
 
 def test_a_held_lock_refuses_a_second_retrain(tmp_path):

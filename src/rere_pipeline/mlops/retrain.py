@@ -84,6 +84,12 @@ def is_catalogue_file(path: Path) -> bool:
     return path.name.startswith("items")
 
 
+@dataclass(frozen=True)
+class NewFile:
+    path: Path
+    sha256: str
+
+
 @dataclass
 class Batch:
     """The validated content of the new files, not yet in the store."""
@@ -134,16 +140,16 @@ class EventStore:
             pd.concat(frames, ignore_index=True).drop_duplicates("item_id").reset_index(drop=True)
         )
 
-    def new_files(self, folder: str | Path) -> list[Path]:
+    def new_files(self, folder: str | Path) -> list[NewFile]:
         """Files in ``folder`` whose content has not been processed yet (catalogue first)."""
         done = {entry["sha256"] for entry in self.ledger()}
-        found = sorted(
-            p
+        found = [
+            NewFile(p, sha256(p))
             for p in Path(folder).glob("*")
             if p.is_file() and p.name.endswith(LOG_SUFFIXES) and not p.name.startswith(".")
-        )
-        fresh = [p for p in found if sha256(p) not in done]
-        return sorted(fresh, key=lambda p: (not is_catalogue_file(p), p.name))
+        ]
+        fresh = [f for f in found if f.sha256 not in done]
+        return sorted(fresh, key=lambda f: (not is_catalogue_file(f.path), f.path.name))
 
     # ------------------------------------------------------------------ writing
     def commit(self, batch: Batch) -> None:
@@ -172,7 +178,7 @@ class EventStore:
 
 
 def validate_new_files(
-    files: list[Path], catalogue: pd.DataFrame, limits: validation.Limits
+    files: list[NewFile], catalogue: pd.DataFrame, limits: validation.Limits
 ) -> Batch:
     """Validate every file with the project's Great Expectations suites.
 
@@ -182,9 +188,9 @@ def validate_new_files(
     batch = Batch()
     known = catalogue[["item_id", "title"]]
     outcomes = []
-    for path in files:
+    for new in files:
+        path, digest = new.path, new.sha256
         raw = read_log(path)
-        digest = sha256(path)
         name = f"{path.name.split('.')[0]}-{digest[:8]}"
         if is_catalogue_file(path):
             outcome = validation.validate_catalogue(raw, limits)

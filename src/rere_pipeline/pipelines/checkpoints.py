@@ -1,4 +1,5 @@
-"""Resumable training directories shared by the ``sft`` and ``rere`` pipelines.
+"""Training helpers shared by the ``sft`` and ``rere`` pipelines: resumable directories,
+seeded row samples and TRL log histories as MLflow series.
 
 A directory of trainer checkpoints is stamped with a fingerprint of the run (parameters and
 data): a killed run with the same fingerprint resumes from its newest checkpoint, a changed
@@ -62,3 +63,10 @@ def log_history_series(history: list[dict], keys: list[str] | None = None) -> di
             if isinstance(value, int | float) and not isinstance(value, bool):
                 series.setdefault(key, []).append({"value": float(value), "step": step})
     return series
+
+
+def seeded_sample(rows: pd.DataFrame, n, seed: int) -> pd.DataFrame:
+    """At most ``n`` rows drawn with ``seed`` (all rows, in order, when ``n`` is falsy)."""
+    if not n:
+        return rows
+    return rows.sample(n=min(int(n), len(rows)), random_state=int(seed))

@@ -375,7 +375,6 @@ def hf_constrained_beam_search(
     pad_token_id: int | None = None,
 ) -> list[Group]:
     """The same search through ``model.generate`` + ``TrieLogitsProcessor`` (the reference)."""
-    sequence_index = {seq: i for i, seq in enumerate(trie.sequences)}
     groups = []
     for out, width in _generate_constrained(
         model,
@@ -398,7 +397,7 @@ def hf_constrained_beam_search(
                 if trie.eos_token_id not in tokens or scores[row, beam] <= _NEG / 2:
                     continue
                 completion = _completion(tokens, trie.eos_token_id)
-                items.append(sequence_index[completion])
+                items.append(trie.item_of(completion))
                 vals.append(float(scores[row, beam]))
                 comps.append(list(completion))
             groups.append(Group(items=items, scores=vals, completions=comps))
@@ -418,7 +417,6 @@ def constrained_sampling(
     """``num_samples`` catalogue items per prompt drawn by temperature sampling under the trie
     constraint (repeats allowed), each group ordered by its (tempered, constrained)
     log-likelihood."""
-    sequence_index = {seq: i for i, seq in enumerate(trie.sequences)}
     groups = []
     for out, width in _generate_constrained(
         model,
@@ -439,7 +437,7 @@ def constrained_sampling(
             for s in range(row * num_samples, (row + 1) * num_samples):
                 completion = _completion(generated[s].tolist(), trie.eos_token_id)
                 score = float(steps[s, : len(completion)].sum())
-                drawn.append((score, sequence_index[completion], list(completion)))
+                drawn.append((score, trie.item_of(completion), list(completion)))
             drawn.sort(key=lambda d: -d[0])
             groups.append(
                 Group(

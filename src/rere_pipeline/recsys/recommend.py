@@ -53,12 +53,11 @@ class CatalogueRecommender:
                 f"({len(set(trie.sequences) ^ set(completions))} completions differ)"
             )
         self.trie = trie
-        index = {seq: i for i, seq in enumerate(self.trie.sequences)}
         self.titles = [""] * len(self.trie.sequences)
         self.item_ids: list[list[int]] = [[] for _ in self.trie.sequences]
         for title, item_id, seq in zip(titles, ids, completions, strict=True):
-            self.titles[index[seq]] = title
-            self.item_ids[index[seq]].append(item_id)
+            self.titles[self.trie.item_of(seq)] = title
+            self.item_ids[self.trie.item_of(seq)].append(item_id)
 
     def prompt_ids(self, histories: Sequence[Sequence[str]]) -> list[list[int]]:
         return [encode(self.tokenizer, self.template.prompt(h)) for h in histories]

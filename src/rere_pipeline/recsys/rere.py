@@ -37,6 +37,7 @@ from transformers import TrainerCallback
 
 from rere_pipeline.recsys.decoding import Group, constrained_beam_search, constrained_sampling
 from rere_pipeline.recsys.metrics import ranking_metrics
+from rere_pipeline.recsys.sft import lora_config, runs_on_cuda, uses_plain_head
 from rere_pipeline.recsys.trie import ItemTrie
 
 log = logging.getLogger(__name__)
@@ -389,14 +390,10 @@ def build_trainer(
     callbacks: Sequence[TrainerCallback] = (),
 ):
     """A ``ReReTrainer`` for ``model`` (trained in place) configured by ``parameters_rere.yml``."""
-    use_cuda = torch.cuda.is_available() and params.get("device", "auto") != "cpu"
+    use_cuda = runs_on_cuda(params)
     args = grpo_config(params, output_dir, trie.depth, use_cuda)
     args.reward_weights = list(reward_weights)
-    peft_config = None
-    if params.get("lora", {}).get("enabled"):
-        from rere_pipeline.recsys.sft import lora_config
-
-        peft_config = lora_config(params["lora"])
+    peft_config = lora_config(params["lora"]) if params.get("lora", {}).get("enabled") else None
     if args.beta > 0 and peft_config is None:
         reference_snapshot(model, Path(output_dir) / "reference")
     return _grpo_trainer_class()(
@@ -411,8 +408,7 @@ def build_trainer(
         title_of_item=title_of_item,
         sampling=params.get("sampling", "beam"),
         decode_batch_size=int(params.get("decode_batch_size", 32)),
-        plain_head=params.get("loss_head", "auto") == "plain"
-        or (params.get("loss_head", "auto") == "auto" and not use_cuda),
+        plain_head=uses_plain_head(params, use_cuda),
     )
 
 

@@ -41,6 +41,14 @@ class CatalogueIndex:
         self.completion_to_title = dict(completion_to_title)
         self.title_to_id = dict(title_to_id)
 
+    @classmethod
+    def of(cls, recommender) -> CatalogueIndex:
+        """The index of a ``CatalogueRecommender``'s trie and catalogue."""
+        return cls(
+            dict(zip(recommender.trie.sequences, recommender.titles, strict=True)),
+            {t: ids[0] for t, ids in zip(recommender.titles, recommender.item_ids, strict=True)},
+        )
+
     def title(self, completion_ids: Sequence[int]) -> str | None:
         """The catalogue title these ids spell (``None`` if they spell none)."""
         return self.completion_to_title.get(tuple(int(t) for t in completion_ids))

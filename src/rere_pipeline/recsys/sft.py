@@ -55,6 +55,18 @@ def _plain_head_trainer():
     return PlainHeadSFTTrainer
 
 
+def runs_on_cuda(params: dict) -> bool:
+    """Train on the GPU when there is one, unless ``device: cpu``."""
+    return torch.cuda.is_available() and params.get("device", "auto") != "cpu"
+
+
+def uses_plain_head(params: dict, use_cuda: bool) -> bool:
+    """``loss_head``: plain (one LM-head matmul, faster on CPU), fused (TRL's tiled head, for
+    GPUs) or auto (plain on CPU)."""
+    head = params.get("loss_head", "auto")
+    return head == "plain" or (head == "auto" and not use_cuda)
+
+
 def lora_config(params: dict):
     from peft import LoraConfig
 
@@ -95,7 +107,7 @@ def train_sft(
     from trl import SFTConfig, SFTTrainer
 
     output_dir = Path(output_dir)
-    use_cuda = torch.cuda.is_available() and params.get("device", "auto") != "cpu"
+    use_cuda = runs_on_cuda(params)
     args = SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=float(params["epochs"]),
@@ -131,10 +143,7 @@ def train_sft(
         disable_tqdm=not params.get("progress", True),
     )
     peft_config = lora_config(params["lora"]) if params.get("lora", {}).get("enabled") else None
-    plain_head = params.get("loss_head", "auto") == "plain" or (
-        params.get("loss_head", "auto") == "auto" and not use_cuda
-    )
-    trainer = (_plain_head_trainer() if plain_head else SFTTrainer)(
+    trainer = (_plain_head_trainer() if uses_plain_head(params, use_cuda) else SFTTrainer)(
         model=model,
         args=args,
         train_dataset=to_dataset(train),

@@ -16,7 +16,7 @@ for a whole batch of beams in a few tensor operations, never walking Python dict
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -33,6 +33,7 @@ class ItemTrie:
     sequences: list[tuple[int, ...]]  # the distinct completions, each ending with EOS
     vocab_size: int
     eos_token_id: int
+    _index: dict[tuple[int, ...], int] | None = field(default=None, repr=False, compare=False)
 
     ROOT = 0
 
@@ -97,9 +98,16 @@ class ItemTrie:
         """Length of the longest completion: the most decoding steps ever needed."""
         return max(len(s) for s in self.sequences)
 
+    def item_of(self, completion: Sequence[int]) -> int:
+        """Index into ``sequences`` of a full completion (EOS included); KeyError if none."""
+        if self._index is None:  # built once per trie, on first use
+            self._index = {seq: i for i, seq in enumerate(self.sequences)}
+        return self._index[tuple(completion)]
+
     def to(self, device: torch.device | str) -> ItemTrie:
-        tensors = {k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
-        return ItemTrie(**{**vars(self), **tensors})
+        own = {f.name: getattr(self, f.name) for f in fields(self)}
+        tensors = {k: v.to(device) for k, v in own.items() if isinstance(v, torch.Tensor)}
+        return ItemTrie(**{**own, **tensors})
 
     def save(self, path: str | Path) -> None:
         """Write the trie as safetensors (its tensors, the completions flattened, and sizes)."""

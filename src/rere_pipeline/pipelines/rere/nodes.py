@@ -43,10 +43,7 @@ def rl_dataset(prompts_train: pd.DataFrame, train: pd.DataFrame, params: dict) -
             "history_item_id": [list(map(int, h)) for h in train["history_item_id"]],
         }
     )
-    if params.get("train_rows"):
-        rows = rows.sample(
-            n=min(int(params["train_rows"]), len(rows)), random_state=int(params.get("seed", 0))
-        )
+    rows = checkpoints.seeded_sample(rows, params.get("train_rows"), params.get("seed", 0))
     return Dataset.from_pandas(rows.reset_index(drop=True))
 
 
@@ -72,21 +69,12 @@ def reinforce(
     recommender = CatalogueRecommender(
         init.tokenizer, init.model, catalogue, PromptTemplate.from_params(prompt_params)
     )
-    index = rewards.CatalogueIndex(
-        dict(zip(recommender.trie.sequences, recommender.titles, strict=True)),
-        {  # a repeated title maps to its first item id
-            str(t): int(i)
-            for t, i in reversed(list(zip(catalogue["title"], catalogue["item_id"], strict=True)))
-        },
-    )
+    index = rewards.CatalogueIndex.of(recommender)  # a repeated title: its first item id
     weights = {k: float(v) for k, v in (params.get("rewards") or {}).items() if v}
     funcs, reward_weights = rewards.build_rewards(
         weights, index, size, sasrec=sasrec_model if "collaborative" in weights else None
     )
-    valid = prompts_valid.sample(
-        n=min(int(params["valid_rows"]), len(prompts_valid)),
-        random_state=int(params.get("seed", 0)),
-    )
+    valid = checkpoints.seeded_sample(prompts_valid, params["valid_rows"], params.get("seed", 0))
     output_dir = Path(params["output_dir"])
     resume = checkpoints.prepare(
         output_dir,

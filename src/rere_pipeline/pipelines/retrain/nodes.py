@@ -18,7 +18,7 @@ import pandas as pd
 
 from rere_pipeline import validation
 from rere_pipeline.mlops import registry, retrain, serving
-from rere_pipeline.pipelines.evaluate.nodes import evaluate_lm
+from rere_pipeline.pipelines.evaluate.nodes import evaluate_lm, mlflow_metrics
 from rere_pipeline.pipelines.prompts.nodes import encode_split
 from rere_pipeline.pipelines.registry.nodes import register_model
 from rere_pipeline.pipelines.rere.nodes import reinforce
@@ -50,13 +50,14 @@ def retrain_cycle(
             message = f"no new logs in {params['new_logs_dir']}: nothing to retrain"
             log.info(message)
             return {"status": "no-op", "message": message, "processed": len(store.ledger())}
-        log.info("retrain: %d new file(s): %s", len(files), [f.name for f in files])
+        names = [f.path.name for f in files]
+        log.info("retrain: %d new file(s): %s", len(files), names)
         limits = validation.Limits.from_params(data_params["validation"])
         batch = retrain.validate_new_files(files, store.catalogue(catalogue), limits)
         _save_quarantine(batch, Path(params["quarantine_dir"]))
         if not batch.new_events:
             raise validation.DataValidationError(
-                f"retrain: none of {[f.name for f in files]} holds a valid new event"
+                f"retrain: none of {names} holds a valid new event"
             )
 
         full_catalogue = store.catalogue(catalogue, batch.items)
@@ -162,19 +163,14 @@ def _save_quarantine(batch: retrain.Batch, folder: Path) -> None:
 
 
 def _log_metrics(scores: dict, sft_history: dict, rere_history: dict) -> None:
-    for prefix, history in (("retrain.sft", sft_history), ("retrain.rere", rere_history)):
-        for key, points in history.items():
-            for point in points:
-                mlflow.log_metric(
-                    f"{prefix}.{key}".replace("@", "_at_"), point["value"], step=point["step"]
-                )
-    for label, report in scores.items():
-        for split, entry in report.items():
-            for metric, value in entry.items():
-                if "@" in metric:
-                    mlflow.log_metric(
-                        f"retrain.{label}.{split}.{metric.replace('@', '_at_')}", value
-                    )
+    series = {
+        **{f"retrain.sft.{k}": v for k, v in sft_history.items()},
+        **{f"retrain.rere.{k}": v for k, v in rere_history.items()},
+        **{f"retrain.{k}": [v] for k, v in mlflow_metrics(scores).items()},
+    }
+    for key, points in series.items():
+        for point in points:
+            mlflow.log_metric(key.replace("@", "_at_"), point["value"], step=point["step"])
 
 
 def demo_new_logs(events: pd.DataFrame, params: dict) -> str:

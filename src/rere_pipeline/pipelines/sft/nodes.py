@@ -29,10 +29,7 @@ def fine_tune(
 
     Returns the model (any LoRA adapter merged), its loss series and plot, and the adapter's
     files (a note when LoRA is off)."""
-    valid = prompts_valid.sample(
-        n=min(int(params["valid_rows"]), len(prompts_valid)),
-        random_state=int(params.get("seed", 0)),
-    )
+    valid = checkpoints.seeded_sample(prompts_valid, params["valid_rows"], params.get("seed", 0))
     output_dir = Path(params["output_dir"])
     checkpoints.prepare(output_dir, checkpoints.fingerprint(params, prompts_train), resume=False)
     model, history, adapter = sft.train_sft(
