@@ -84,7 +84,9 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
             zip(catalogue["item_id"].astype(int), catalogue["title"].astype(str), strict=True)
         )
 
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
         k = int((params or {}).get("k") or self.k)
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
