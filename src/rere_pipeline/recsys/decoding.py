@@ -218,7 +218,8 @@ def shared_prefix_attention(
     q_prompt = (
         q_beam.reshape(P, G, kv_heads, rep, D).transpose(1, 2).reshape(P, kv_heads, G * rep, D)
     )
-    on_prompt = q_prompt @ prefix_keys.transpose(-1, -2) * scale + attention_mask
+    on_prompt = q_prompt @ prefix_keys.transpose(-1, -2) * scale
+    on_prompt = on_prompt + attention_mask.to(on_prompt.dtype)
     on_generated = (q_beam @ key.transpose(-1, -2) * scale).reshape(P, G, kv_heads, rep, t)
     on_generated = on_generated.transpose(1, 2).reshape(P, kv_heads, G * rep, t)
     weights = torch.softmax(torch.cat([on_prompt, on_generated], dim=-1).float(), dim=-1)
