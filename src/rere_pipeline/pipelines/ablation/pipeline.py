@@ -2,6 +2,8 @@
 
 from kedro.pipeline import Node, Pipeline
 
+from rere_pipeline.pipelines.rere.pipeline import RERE_INPUTS
+
 from .nodes import run_ablation
 
 
@@ -11,14 +13,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 run_ablation,
                 [
-                    "sft_model",
-                    "backbone",
-                    "catalogue",
-                    "prompts_train",
-                    "train",
-                    "prompts_valid",
+                    *RERE_INPUTS,
                     "prompts_test",
-                    "sasrec_model",
                     "params:rere",
                     "params:ablation",
                     "params:evaluate",

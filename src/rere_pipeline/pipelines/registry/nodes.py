@@ -33,18 +33,11 @@ def register_challenger(
     scores = evaluation[which]
     if "valid" not in scores:
         raise ValueError(f"evaluation.json has no valid scores for {which!r}: run evaluate first")
-    tags = {
-        "source_model": which,
-        "valid_ndcg_at_10": f"{scores['valid']['NDCG@10']:.6f}",
-        "valid_rows": scores["valid"]["rows_fingerprint"],
-        "valid_row_count": str(scores["valid"]["rows"]),
-    }
-    if "test" in scores:
-        tags["test_ndcg_at_10"] = f"{scores['test']['NDCG@10']:.6f}"
+    tags = {"source_model": which, **score_tags(scores)}
     version, model_uri = register_model(
         model,
         catalogue,
-        [int(i) for i in valid["history_item_id"].iloc[0]],
+        valid,
         tags,
         params,
         evaluate_params,
@@ -53,17 +46,31 @@ def register_challenger(
     return {"model_name": params["model_name"], "version": version, "model_uri": model_uri, **tags}
 
 
+def score_tags(scores: dict) -> dict[str, str]:
+    """The version tags promotion reads, from a model's ``{"valid": ..., "test": ...}``
+    evaluation report: valid NDCG@10 and the fingerprint and count of the rows it is on."""
+    tags = {
+        "valid_ndcg_at_10": f"{scores['valid']['NDCG@10']:.6f}",
+        "valid_rows": scores["valid"]["rows_fingerprint"],
+        "valid_row_count": str(scores["valid"]["rows"]),
+    }
+    if "test" in scores:
+        tags["test_ndcg_at_10"] = f"{scores['test']['NDCG@10']:.6f}"
+    return tags
+
+
 def register_model(
     model: Backbone,
     catalogue: pd.DataFrame,
-    example_history: list[int],
+    valid: pd.DataFrame,
     tags: dict[str, str],
     params: dict,
     evaluate_params: dict,
     prompt_params: dict,
 ) -> tuple[str, str]:
     """Log ``model`` as the pyfunc recommender (decoding as ``evaluate`` does), register it
-    under ``registry.model_name`` and make it the ``challenger``; returns (version, URI)."""
+    under ``registry.model_name`` and make it the ``challenger``; returns (version, URI).
+    The first ``valid`` row's history is the logged input example."""
     info = serving.log_recommender(
         model,
         catalogue,
@@ -72,7 +79,7 @@ def register_model(
         batch_size=int(evaluate_params["batch_size"]),
         length_penalty=float(evaluate_params.get("length_penalty", 0.0)),
         k=int(params.get("k", 10)),
-        example_history=example_history,
+        example_history=[int(i) for i in valid["history_item_id"].iloc[0]],
         registered_model_name=params["model_name"],
         tags={"source_model": tags["source_model"]},
     )

@@ -4,7 +4,8 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import reinforce
 
-# The models and rows ReRe trains on (``reinforce``'s leading inputs; ``tune`` uses them too).
+# The models and rows ReRe trains on: the leading inputs of ``reinforce``, ``tune_rere`` and
+# ``run_ablation``.
 RERE_INPUTS = [
     "sft_model",
     "backbone",

@@ -20,7 +20,7 @@ from rere_pipeline import validation
 from rere_pipeline.mlops import registry, retrain, serving
 from rere_pipeline.pipelines.evaluate.nodes import evaluate_lm, mlflow_metrics
 from rere_pipeline.pipelines.prompts.nodes import encode_split
-from rere_pipeline.pipelines.registry.nodes import register_model
+from rere_pipeline.pipelines.registry.nodes import register_model, score_tags
 from rere_pipeline.pipelines.rere.nodes import reinforce
 from rere_pipeline.pipelines.sft.nodes import fine_tune
 from rere_pipeline.recsys.backbone import Backbone
@@ -116,14 +116,11 @@ def retrain_cycle(
         version, _ = register_model(
             rere_model,
             full_catalogue,
-            [int(i) for i in splits["valid"]["history_item_id"].iloc[0]],
+            splits["valid"],
             {
                 "source_model": "retrain",
                 "warm_start_version": str(champion.version),
-                "valid_ndcg_at_10": f"{valid['NDCG@10']:.6f}",
-                "valid_rows": valid["rows_fingerprint"],
-                "valid_row_count": str(valid["rows"]),
-                "test_ndcg_at_10": f"{scores['challenger']['test']['NDCG@10']:.6f}",
+                **score_tags(scores["challenger"]),
                 "new_logs": ",".join(f["file"] for f in batch.files),
             },
             registry_params,
