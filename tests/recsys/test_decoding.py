@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+import torch
+import torch.nn.functional as F
 
 from rere_pipeline.recsys.decoding import (
     DecodeTimings,
+    _BeamLayer,
     constrained_beam_search,
     hf_constrained_beam_search,
+    shared_prefix_attention,
 )
 from rere_pipeline.recsys.recommend import CatalogueRecommender
 
@@ -76,3 +82,39 @@ def test_timings_are_recorded(recommender, histories):
     timings = DecodeTimings()
     recommender.decode(recommender.prompt_ids(histories[:3]), timings=timings)
     assert {"prefill", "model", "constraint"} <= set(timings.seconds)
+
+
+def test_shared_prefix_attention_equals_sdpa_on_copied_prompt_cache():
+    """G beams reading their prompt's keys once give SDPA's result on G copies of them."""
+    torch.manual_seed(0)
+    P, G, heads, kv_heads, L, t, D = 3, 4, 4, 2, 7, 2, 8
+    prefix_k, prefix_v = torch.randn(P, kv_heads, L, D), torch.randn(P, kv_heads, L, D)
+    gen_k, gen_v = torch.randn(P * G, kv_heads, t, D), torch.randn(P * G, kv_heads, t, D)
+    query = torch.randn(P * G, heads, 1, D)
+    padding = torch.zeros(P, L, dtype=torch.bool)
+    padding[0, :3], padding[2, :1] = True, True  # left padding of two prompts
+    bias = torch.zeros(P, 1, 1, L).masked_fill(padding[:, None, None], torch.finfo(torch.float).min)
+
+    layer = _BeamLayer(prefix_k, prefix_v, G, capacity=t)
+    keys, values = layer.update(gen_k, gen_v)
+    out, _ = shared_prefix_attention(
+        SimpleNamespace(layer_idx=0),
+        query,
+        keys,
+        values,
+        bias,
+        scaling=D**-0.5,
+        beam_cache=SimpleNamespace(layers=[layer]),
+    )
+
+    full_k = torch.cat([prefix_k.repeat_interleave(G, 0), gen_k], dim=2)
+    full_v = torch.cat([prefix_v.repeat_interleave(G, 0), gen_v], dim=2)
+    visible = torch.cat(
+        [~padding.repeat_interleave(G, 0), torch.ones(P * G, t, dtype=torch.bool)], 1
+    )
+    expected = F.scaled_dot_product_attention(
+        query, full_k, full_v, attn_mask=visible[:, None, None], enable_gqa=True
+    ).transpose(1, 2)
+    assert out.shape == expected.shape == (P * G, 1, heads, D)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert layer.attended

@@ -46,6 +46,25 @@ def test_sft_changes_the_model_and_logs_losses(tiny_backbone, pairs, tmp_path):
     assert any("eval_loss" in h for h in history) and any("loss" in h for h in history)
 
 
+def test_a_copy_of_the_trained_model_runs_its_own_weights(tiny_backbone, pairs, tmp_path):
+    # TRL patches the model's forward with a closure over the original object; a deep copy
+    # (``reinforce`` trains one) must not silently run the original's weights.
+    trained, _, _ = sft.train_sft(
+        copy.deepcopy(tiny_backbone.model),
+        tiny_backbone.tokenizer,
+        pairs,
+        pairs,
+        {**PARAMS, "max_steps": 2},
+        tmp_path,
+    )
+    twin = copy.deepcopy(trained)
+    with torch.no_grad():
+        twin.get_output_embeddings().weight.zero_()
+        ids = torch.tensor([pairs["input_ids"][0]])
+        assert not torch.equal(twin(input_ids=ids).logits, trained(input_ids=ids).logits)
+        assert torch.count_nonzero(twin(input_ids=ids).logits) == 0
+
+
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_backbone, pairs, tmp_path):
     params = {**PARAMS, "lr_scheduler_type": "constant"}
     _, first, _ = sft.train_sft(

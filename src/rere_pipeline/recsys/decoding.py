@@ -4,10 +4,13 @@
 ``num_return_sequences = G``, no sampling) under a catalogue-trie constraint, and returns the
 same groups, but does less work:
 
-* the prompt is run **once** and its KV cache is expanded to the G beams afterwards (HF
-  ``generate`` copies every prompt G times *before* prefill, so prefill costs G times more);
-* the KV cache sits in buffers allocated once; a beam reorder moves only the generated
-  part (a prompt's beams share its prompt keys and values);
+* the prompt is run **once** (HF ``generate`` copies every prompt G times *before*
+  prefill, so prefill costs G times more) and its KV cache is never copied to the beams:
+  ``shared_prefix_attention`` lets a prompt's G beams read its prompt keys and values in one
+  matrix product (registered as an ``AttentionInterface`` implementation, so it serves any
+  model that uses transformers' attention functions);
+* the generated part of the cache sits in buffers allocated once; a beam reorder moves only
+  those few tokens;
 * many prompts are decoded together; prompts whose beams can no longer improve are dropped
   from the batch once half of it is done, not carried until the slowest prompt finishes;
 * the constraint is pure tensor work on the trie (``ItemTrie.children``): only the allowed
@@ -28,6 +31,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -112,27 +116,25 @@ def constrained_beam_search(
 
 
 class _BeamLayer(DynamicLayer):
-    """One layer's KV cache for beam search, in buffers allocated once.
+    """One layer's KV cache for beam search: the prompt part once per prompt, the generated
+    part once per beam, in buffers allocated once.
 
-    ``DynamicLayer`` grows by concatenation (a copy of the whole cache every step) and beam
-    reordering gathers the whole cache again. Here new tokens are written in place, and a
-    reorder within each prompt's beams moves only the generated part: a prompt's beams share
-    the same prompt keys and values, so those never need to move.
+    A prompt's G beams share its prompt keys and values, so those are neither copied G times
+    nor moved when beams are reordered; only the generated part (a few tokens) is. ``update``
+    returns the generated part alone: ``shared_prefix_attention`` attends to the prompt part
+    through ``prefix_keys`` / ``prefix_values`` and marks the layer ``attended``.
     """
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
+    def __init__(
+        self, prefix_keys: torch.Tensor, prefix_values: torch.Tensor, beams: int, capacity: int
+    ):
         super().__init__()
-        rows, heads, length, dim = keys.shape
-        self._k = keys.new_empty((rows, heads, capacity, dim))
-        self._v = values.new_empty((rows, heads, capacity, dim))
-        self._k[:, :, :length] = keys
-        self._v[:, :, :length] = values
-        self.length, self.dtype, self.device, self.is_initialized = (
-            length,
-            keys.dtype,
-            keys.device,
-            True,
-        )
+        prompts, heads, _, dim = prefix_keys.shape
+        self.prefix_keys, self.prefix_values = prefix_keys, prefix_values
+        self._k = prefix_keys.new_empty((prompts * beams, heads, capacity, dim))
+        self._v = prefix_values.new_empty((prompts * beams, heads, capacity, dim))
+        self.length, self.attended = 0, True
+        self.dtype, self.device, self.is_initialized = prefix_keys.dtype, prefix_keys.device, True
         self._expose()
 
     def _expose(self) -> None:
@@ -142,28 +144,121 @@ class _BeamLayer(DynamicLayer):
         end = self.length + key_states.shape[-2]
         self._k[:, :, self.length : end] = key_states
         self._v[:, :, self.length : end] = value_states
-        self.length = end
+        self.length, self.attended = end, False
         self._expose()
         return self.keys, self.values
 
-    def reorder_from(self, rows: torch.Tensor, start: int) -> None:
-        """Row r takes row ``rows[r]``'s cache from position ``start`` on."""
-        self._k[:, :, start : self.length] = self._k[rows, :, start : self.length]
-        self._v[:, :, start : self.length] = self._v[rows, :, start : self.length]
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row r takes row ``rows[r]``'s generated part (rows of the same prompt)."""
+        self._k[:, :, : self.length] = self._k[rows, :, : self.length]
+        self._v[:, :, : self.length] = self._v[rows, :, : self.length]
         self._expose()
 
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep (and repeat) whole rows: used to drop finished prompts."""
+    def select(self, prompts: torch.Tensor, rows: torch.Tensor) -> None:
+        """Keep ``prompts`` and, as the new beam rows, ``rows``: drops finished prompts."""
+        self.prefix_keys, self.prefix_values = (
+            self.prefix_keys[prompts],
+            self.prefix_values[prompts],
+        )
         self._k, self._v = self._k[rows], self._v[rows]
         self._expose()
 
 
-def _expand_cache(cache, rows: torch.Tensor, capacity: int) -> None:
-    """After prefill: one cache row per beam, in preallocated beam layers."""
+def _beam_cache(cache, prompts: torch.Tensor, beams: int, capacity: int) -> None:
+    """After prefill: the prompt part of ``prompts`` kept once, room for ``beams`` beams each."""
     cache.layers = [
-        _BeamLayer(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), capacity)
+        _BeamLayer(
+            layer.keys.index_select(0, prompts),
+            layer.values.index_select(0, prompts),
+            beams,
+            capacity,
+        )
         for layer in cache.layers
     ]
+
+
+SHARED_PREFIX_ATTENTION = "rere_shared_prefix"
+
+
+def shared_prefix_attention(
+    module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    beam_cache=None,
+    **kwargs,
+):
+    """Attention of one decode step of G beams per prompt (``AttentionInterface`` signature).
+
+    ``query``: [P*G, H, 1, D]; ``key`` / ``value``: the generated part [P*G, Hkv, t, D]; the
+    prompt part [P, Hkv, L, D] comes from ``beam_cache`` and ``attention_mask`` is its
+    additive padding bias [P, 1, 1, L]. The G beams of a prompt attend to its prompt keys in
+    one matrix product, instead of G copies of them. Without ``beam_cache`` (prefill, any
+    other call) this is plain SDPA.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if beam_cache is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+    if kwargs.get("sliding_window") is not None or query.shape[2] != 1:
+        raise NotImplementedError("shared-prefix attention: one new token, no sliding window")
+    layer = beam_cache.layers[module.layer_idx]
+    prefix_keys, prefix_values = layer.prefix_keys, layer.prefix_values
+    P, kv_heads, L, D = prefix_keys.shape
+    rows, heads = query.shape[:2]
+    G, rep, t = rows // P, heads // kv_heads, key.shape[2]
+    scale = D**-0.5 if scaling is None else scaling
+    # [P*G, H, 1, D] -> per prompt and KV head: its G * rep query vectors
+    q_beam = query.reshape(rows, kv_heads, rep, D)
+    q_prompt = (
+        q_beam.reshape(P, G, kv_heads, rep, D).transpose(1, 2).reshape(P, kv_heads, G * rep, D)
+    )
+    on_prompt = q_prompt @ prefix_keys.transpose(-1, -2) * scale
+    on_prompt = on_prompt + attention_mask.to(on_prompt.dtype)
+    on_generated = (q_beam @ key.transpose(-1, -2) * scale).reshape(P, G, kv_heads, rep, t)
+    on_generated = on_generated.transpose(1, 2).reshape(P, kv_heads, G * rep, t)
+    weights = torch.softmax(torch.cat([on_prompt, on_generated], dim=-1).float(), dim=-1)
+    weights = weights.to(value.dtype)
+    out_prompt = weights[..., :L] @ prefix_values  # [P, Hkv, G*rep, D]
+    out_generated = (
+        weights[..., L:]
+        .reshape(P, kv_heads, G, rep, t)
+        .transpose(1, 2)
+        .reshape(rows, kv_heads, rep, t)
+        @ value
+    )  # [P*G, Hkv, rep, D]
+    out = out_prompt.reshape(P, kv_heads, G, rep, D).transpose(1, 2).reshape(rows, kv_heads, rep, D)
+    out = (out + out_generated).reshape(rows, heads, 1, D).transpose(1, 2)
+    layer.attended = True
+    return out, None
+
+
+def _register_shared_prefix_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(SHARED_PREFIX_ATTENTION, shared_prefix_attention)
+    AttentionMaskInterface.register(SHARED_PREFIX_ATTENTION, sdpa_mask)
+
+
+_register_shared_prefix_attention()
+
+
+@contextmanager
+def _attention(model, implementation: str):
+    """Run ``model`` with another registered attention implementation, then restore it."""
+    config = model.config
+    previous = config._attn_implementation
+    config._attn_implementation = implementation
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
 
 
 def _search_batch(
@@ -192,8 +287,10 @@ def _search_batch(
     width = 1
     beam_node = torch.zeros(P, dtype=torch.long, device=device)
     beam_score = torch.zeros(P, device=device)
-    beam_tokens = torch.zeros((P, 0), dtype=torch.long, device=device)
-    row_mask, positions = mask, mask.sum(-1) - 1
+    positions = mask.sum(-1) - 1
+    # the prompts' padding as an additive bias, one row per prompt (shared by its beams)
+    prompt_bias = torch.zeros(mask.shape, dtype=logits.dtype, device=device)
+    prompt_bias = prompt_bias.masked_fill(mask == 0, torch.finfo(logits.dtype).min)[:, None, None]
     # Finished hypotheses per prompt (top G by normalised score), as in HF's beam search.
     fin_score = torch.full((P, G), _NEG, device=device)
     fin_item = torch.full((P, G), -1, dtype=torch.long, device=device)
@@ -267,29 +364,35 @@ def _search_batch(
             keep = torch.nonzero(alive).squeeze(1)
             parent = run_parent[keep].reshape(-1)
             if width == 1:
-                _expand_cache(cache, parent, prompt_width + trie.depth)
+                _beam_cache(cache, keep, G, trie.depth)
             else:
                 for layer in cache.layers:
-                    layer.select(parent)
+                    layer.select(keep, parent)
+            prompt_bias = prompt_bias[keep]
             batch_prompt, alive = batch_prompt[keep], alive[keep]
             run_score, run_node, run_token = run_score[keep], run_node[keep], run_token[keep]
         else:
             parent = run_parent.reshape(-1)
             for layer in cache.layers:
-                layer.reorder_from(parent, prompt_width)
+                layer.reorder(parent)
         width = G
         beam_node, beam_score = run_node.reshape(-1), run_score.reshape(-1)
-        beam_tokens = torch.cat([beam_tokens[parent], run_token.reshape(-1, 1)], dim=1)
-        row_mask, positions = row_mask[parent], positions[parent] + 1
-        attention = torch.cat([row_mask, torch.ones_like(beam_tokens)], dim=1)
+        positions = positions[parent] + 1
         clock = timings.add("cache", clock)
-        out = model(
-            input_ids=beam_tokens[:, -1:],
-            attention_mask=attention,
-            position_ids=positions[:, None],
-            past_key_values=cache,
-            use_cache=True,
-        )
+        with _attention(model, SHARED_PREFIX_ATTENTION):
+            out = model(
+                input_ids=run_token.reshape(-1, 1),
+                attention_mask={"full_attention": prompt_bias},
+                position_ids=positions[:, None],
+                past_key_values=cache,
+                use_cache=True,
+                beam_cache=cache,
+            )
+        if not all(layer.attended for layer in cache.layers):
+            raise RuntimeError(
+                f"{type(model).__name__} does not route attention through transformers' "
+                "AttentionInterface: constrained_beam_search cannot share the prompt cache"
+            )
         cache, logits = out.past_key_values, out.logits[:, -1, :]
 
     groups = []

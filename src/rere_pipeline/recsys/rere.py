@@ -37,7 +37,7 @@ from transformers import TrainerCallback
 
 from rere_pipeline.recsys.decoding import Group, constrained_beam_search, constrained_sampling
 from rere_pipeline.recsys.metrics import ranking_metrics
-from rere_pipeline.recsys.sft import lora_config, runs_on_cuda, uses_plain_head
+from rere_pipeline.recsys.sft import lora_config, released, runs_on_cuda, uses_plain_head
 from rere_pipeline.recsys.trie import ItemTrie
 
 log = logging.getLogger(__name__)
@@ -462,5 +462,4 @@ def train_rere(
         log.info("ReRe: keeping the weights of step %d (best valid NDCG@10)", best_step)
     if hasattr(trained, "merge_and_unload"):
         trained = trained.merge_and_unload()
-    trained.eval()
-    return trained, trainer.state.log_history, callback.history
+    return released(trained), trainer.state.log_history, callback.history

@@ -67,6 +67,21 @@ def uses_plain_head(params: dict, use_cuda: bool) -> bool:
     return head == "plain" or (head == "auto" and not use_cuda)
 
 
+def released(model):
+    """``model`` as a plain Hugging Face model again, in eval mode, once a TRL trainer is done.
+
+    TRL's trainers patch the model with an instance-level ``forward`` (a fused LM head) whose
+    closure calls the *original* object's forward. A deep copy of a patched model (``reinforce``
+    trains a copy of the model it is given) would then decode with the original's weights and
+    config, not its own. This drops the patch; the class's ``forward`` is the same computation.
+    """
+    patched = model.__dict__.get("forward")
+    code = getattr(getattr(patched, "__func__", None), "__code__", None)
+    if code is not None and "trl" in Path(code.co_filename).parts:
+        del model.forward
+    return model.eval()
+
+
 def lora_config(params: dict):
     from peft import LoraConfig
 
@@ -165,5 +180,4 @@ def train_sft(
     if peft_config is not None:
         adapter = adapter_files(trained)
         trained = trained.merge_and_unload()
-    trained.eval()
-    return trained, trainer.state.log_history, adapter
+    return released(trained), trainer.state.log_history, adapter
