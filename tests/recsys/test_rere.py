@@ -160,6 +160,35 @@ def test_a_few_rl_steps_change_the_policy_and_log_the_metrics(
     assert next(h["rewards/rule/mean"] for h in history if "rewards/rule/mean" in h) == 1 / G
 
 
+def test_rl_steps_move_the_target_up_the_beam(recommender, tiny_backbone, rows, template, tmp_path):
+    # One history whose target is the second beam (see ``rows``): rule + ranking rewards push
+    # the target up and the first beam (a negative) down, so the target takes the lead.
+    histories, targets = rows
+    history, target = histories[0], targets[0]
+    one_row = Dataset.from_dict(
+        {"prompt": [template.prompt(history)] * 8, "item_title": [target] * 8}
+    )
+    prompt = recommender.prompt_ids([history])
+    pad = tiny_backbone.tokenizer.pad_token_id
+
+    def beams(model):
+        group = constrained_beam_search(model, prompt, recommender.trie, G, pad_token_id=pad)[0]
+        return [recommender.titles[i] for i in group.items]
+
+    before = beams(tiny_backbone.model)
+    assert before[1] == target
+    model, _, _ = _train(
+        recommender,
+        tiny_backbone,
+        one_row,
+        ([history], [target]),
+        tmp_path,
+        {**PARAMS, "max_steps": 3, "keep_best": False, "eval_steps": 100},
+    )
+    after = beams(model)
+    assert after[0] == target
+
+
 @pytest.mark.parametrize("sampling", ["sample", "dynamic"])
 def test_sampled_groups_train_too(recommender, tiny_backbone, dataset, rows, tmp_path, sampling):
     _, history, _ = _train(
