@@ -31,6 +31,12 @@ def pairs(tiny_backbone, template, small_catalogue):
     )
 
 
+def _fit(tiny_backbone, pairs, params, output_dir, model=None):
+    """``train_sft`` on ``pairs`` (as train and valid), by default on a copy of the tiny model."""
+    model = copy.deepcopy(tiny_backbone.model) if model is None else model
+    return sft.train_sft(model, tiny_backbone.tokenizer, pairs, pairs, params, output_dir)
+
+
 def _weights(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -38,8 +44,8 @@ def _weights(model):
 def test_sft_changes_the_model_and_logs_losses(tiny_backbone, pairs, tmp_path):
     model = copy.deepcopy(tiny_backbone.model)
     before = _weights(model)
-    trained, history, adapter = sft.train_sft(
-        model, tiny_backbone.tokenizer, pairs, pairs, {**PARAMS, "max_steps": 4}, tmp_path
+    trained, history, adapter = _fit(
+        tiny_backbone, pairs, {**PARAMS, "max_steps": 4}, tmp_path, model
     )
     assert adapter is None
     assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items())
@@ -49,14 +55,7 @@ def test_sft_changes_the_model_and_logs_losses(tiny_backbone, pairs, tmp_path):
 def test_a_copy_of_the_trained_model_runs_its_own_weights(tiny_backbone, pairs, tmp_path):
     # TRL patches the model's forward with a closure over the original object; a deep copy
     # (``reinforce`` trains one) must not silently run the original's weights.
-    trained, _, _ = sft.train_sft(
-        copy.deepcopy(tiny_backbone.model),
-        tiny_backbone.tokenizer,
-        pairs,
-        pairs,
-        {**PARAMS, "max_steps": 2},
-        tmp_path,
-    )
+    trained, _, _ = _fit(tiny_backbone, pairs, {**PARAMS, "max_steps": 2}, tmp_path)
     twin = copy.deepcopy(trained)
     with torch.no_grad():
         twin.get_output_embeddings().weight.zero_()
@@ -67,14 +66,7 @@ def test_a_copy_of_the_trained_model_runs_its_own_weights(tiny_backbone, pairs, 
 
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_backbone, pairs, tmp_path):
     params = {**PARAMS, "lr_scheduler_type": "constant"}
-    _, first, _ = sft.train_sft(
-        copy.deepcopy(tiny_backbone.model),
-        tiny_backbone.tokenizer,
-        pairs,
-        pairs,
-        {**params, "max_steps": 4},
-        tmp_path,
-    )
+    _, first, _ = _fit(tiny_backbone, pairs, {**params, "max_steps": 4}, tmp_path)
     assert (tmp_path / "checkpoint-4" / "model.safetensors").exists()
     # A "killed" run is one whose newest checkpoint is short of max_steps. Restart it with a
     # model of zeros: a fresh start would log other losses; a resume restores steps 1-4 from
@@ -83,9 +75,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_backbone, pair
     with torch.no_grad():
         for p in zeros.parameters():
             p.zero_()
-    _, second, _ = sft.train_sft(
-        zeros, tiny_backbone.tokenizer, pairs, pairs, {**params, "max_steps": 6}, tmp_path
-    )
+    _, second, _ = _fit(tiny_backbone, pairs, {**params, "max_steps": 6}, tmp_path, zeros)
     losses = lambda history: {h["step"]: h["loss"] for h in history if "loss" in h}  # noqa: E731
     assert {s: v for s, v in losses(second).items() if s <= 4} == losses(first)
     assert max(losses(second)) == 6
@@ -99,9 +89,7 @@ def test_lora_trains_adapters_and_merges_them(tiny_backbone, pairs, tmp_path):
         "max_steps": 3,
         "lora": {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0},
     }
-    trained, _, adapter = sft.train_sft(
-        model, tiny_backbone.tokenizer, pairs, pairs, params, tmp_path
-    )
+    trained, _, adapter = _fit(tiny_backbone, pairs, params, tmp_path, model)
     assert adapter is not None and type(trained) is type(tiny_backbone.model)
     changed = [k for k, v in trained.state_dict().items() if not torch.equal(before[k], v)]
     assert changed and all("proj" in k for k in changed), (

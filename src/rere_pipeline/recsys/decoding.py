@@ -35,8 +35,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from transformers import LogitsProcessor
+from transformers import AttentionInterface, LogitsProcessor
 from transformers.cache_utils import DynamicLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from rere_pipeline.recsys.trie import ItemTrie
 
@@ -199,8 +201,6 @@ def shared_prefix_attention(
     one matrix product, instead of G copies of them. Without ``beam_cache`` (prefill, any
     other call) this is plain SDPA.
     """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if beam_cache is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
@@ -238,15 +238,9 @@ def shared_prefix_attention(
     return out, None
 
 
-def _register_shared_prefix_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(SHARED_PREFIX_ATTENTION, shared_prefix_attention)
-    AttentionMaskInterface.register(SHARED_PREFIX_ATTENTION, sdpa_mask)
-
-
-_register_shared_prefix_attention()
+# decode steps switch the model to this name (``_attention``); masks are built as for SDPA
+AttentionInterface.register(SHARED_PREFIX_ATTENTION, shared_prefix_attention)
+AttentionMaskInterface.register(SHARED_PREFIX_ATTENTION, sdpa_mask)
 
 
 @contextmanager
