@@ -1,9 +1,11 @@
-"""One RL (GRPO) policy-gradient step: TRL's fused LM head vs the plain head ReRe uses on CPU.
+"""One RL (GRPO) policy-gradient step: TRL's fused LM head vs the plain head ReRe uses on CPU,
+with the whole rows and with each group's prompt run once.
 
 The expensive part of a ReRe step besides decoding is the policy's per-token log-probabilities
 of G completions per prompt (forward + backward). Same model, same batch (``--batch``
-completions of ``--completion`` tokens after a ``--prompt``-token prompt), same optimiser;
-prints seconds per step of each and the ratio, and checks both give the same log-probabilities.
+completions of ``--completion`` tokens after a ``--prompt``-token prompt, ``--group``
+completions per prompt, rows shuffled as TRL hands them over), same optimiser; prints seconds
+per step of each and the ratios, and checks all give the same log-probabilities.
 
     python benchmarks/rl_step.py --model data/06_models/sft
 """
@@ -15,8 +17,8 @@ import copy
 import torch
 import trl.trainer.utils as trl_utils
 
-from rere_pipeline.recsys.rere import plain_head_logps
-from sft_step import parser, print_ratio, seconds_per_step, training_model  # same directory
+from rere_pipeline.recsys import rere
+from sft_step import parser, seconds_per_step, training_model  # same directory
 
 
 def main() -> None:
@@ -24,11 +26,14 @@ def main() -> None:
     options.add_argument("--batch", type=int, default=64, help="completions: prompts x G")
     options.add_argument("--prompt", type=int, default=101)
     options.add_argument("--completion", type=int, default=28)
+    options.add_argument("--group", type=int, default=16, help="G: completions per prompt")
     args = options.parse_args()
     base = training_model(args)
     vocab = base.config.vocab_size
-    length, keep = args.prompt + args.completion, args.completion
-    ids = torch.randint(0, vocab, (args.batch, length))
+    keep = args.completion
+    prompts = torch.randint(0, vocab, (-(-args.batch // args.group), args.prompt))
+    rows = torch.randperm(args.batch) // args.group
+    ids = torch.cat([prompts[rows], torch.randint(0, vocab, (args.batch, keep))], dim=1)
     mask = torch.ones_like(ids)
 
     def fused_logps(model, ids, mask, _):
@@ -37,30 +42,43 @@ def main() -> None:
         out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
         return out.log_probs[:, -keep:], out.entropy[:, -keep:]
 
-    def plain_logps(model, ids, mask, _):
-        logps, entropy, _ = plain_head_logps(model, ids, mask, keep, len(ids), 1.0, True)
-        return logps, entropy
+    def shared_logps(model, ids, mask, _):
+        return rere.plain_head_logps(model, ids, mask, keep, len(ids), 1.0, True)[:2]
+
+    def whole_logps(model, ids, mask, _):  # every row runs its prompt
+        whole = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        logits = model.get_output_embeddings()(whole[:, -keep - 1 : -1]).float()
+        log_probs = torch.log_softmax(logits, dim=-1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        return log_probs.gather(-1, ids[:, -keep:].unsqueeze(-1)).squeeze(-1), entropy
 
     fused_model = copy.deepcopy(base)
     trl_utils.add_fused_lm_head(fused_model, outputs=("log_probs", "entropy"))
-    plain_model = copy.deepcopy(base)
+    variants = {
+        "TRL fused (torch fallback)": (fused_model, fused_logps),
+        "plain, whole rows": (copy.deepcopy(base), whole_logps),
+        "plain, shared prompts": (copy.deepcopy(base), shared_logps),
+    }
     with torch.no_grad():
-        same = torch.allclose(
-            fused_logps(fused_model, ids, mask, None)[0],
-            plain_logps(plain_model, ids, mask, None)[0],
-            atol=1e-4,
-        )
+        logps = [fn(model, ids, mask, None)[0] for model, fn in variants.values()]
+    same = all(torch.allclose(logps[0], other, atol=1e-4) for other in logps[1:])
 
     def loss(fn):
         return lambda model, ids, mask, labels: -fn(model, ids, mask, labels)[0].mean()
 
-    fused = seconds_per_step(fused_model, loss(fused_logps), ids, mask, None, args.steps)
-    plain = seconds_per_step(plain_model, loss(plain_logps), ids, mask, None, args.steps)
+    seconds = {
+        name: seconds_per_step(model, loss(fn), ids, mask, None, args.steps)
+        for name, (model, fn) in variants.items()
+    }
     print(
-        f"{args.batch} completions x ({args.prompt} prompt + {args.completion} completion) tokens, "
-        f"vocab {vocab}, {args.threads} threads; same log-probabilities: {same}"
+        f"{args.batch} completions x ({args.prompt} prompt + {keep} completion) tokens, "
+        f"{len(prompts)} prompts, vocab {vocab}, {args.threads} threads; "
+        f"same log-probabilities: {same}"
     )
-    print_ratio("LM head", fused, plain)
+    fused = seconds["TRL fused (torch fallback)"]
+    print(f"{'log-probabilities':<28}{'s/step':>10}{'vs fused':>10}")
+    for name, value in seconds.items():
+        print(f"{name:<28}{value:>10.3f}{fused / value:>9.2f}x")
 
 
 if __name__ == "__main__":

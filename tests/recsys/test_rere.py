@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 
+import pandas as pd
 import pytest
 import torch
 from datasets import Dataset
 
+from rere_pipeline.pipelines.rere.nodes import informative_rows
 from rere_pipeline.recsys import rere, rewards
 from rere_pipeline.recsys.decoding import Group, constrained_beam_search
 from rere_pipeline.recsys.recommend import CatalogueRecommender
@@ -189,6 +191,36 @@ def test_rl_steps_move_the_target_up_the_beam(recommender, tiny_backbone, rows, 
     assert after[0] == target
 
 
+def test_informative_rows_are_those_whose_target_is_in_the_group(recommender, tiny_backbone, rows):
+    histories, targets = rows
+    prompts = recommender.prompt_ids(histories)
+    pad = tiny_backbone.tokenizer.pad_token_id
+    groups = constrained_beam_search(
+        tiny_backbone.model, prompts, recommender.trie, G, pad_token_id=pad
+    )
+    outside = [
+        next(t for t in recommender.titles if t not in {recommender.titles[i] for i in g.items})
+        for g in groups
+    ]
+    # every third row keeps its in-group target; the others get a title outside their beams
+    mixed = [t if i % 3 == 0 else o for i, (t, o) in enumerate(zip(targets, outside, strict=True))]
+    args = (tiny_backbone.model, prompts, mixed, recommender.trie, recommender.titles, G)
+    found = rere.rows_with_target_in_group(*args, pad_token_id=pad, progress=False)
+    assert found == list(range(0, len(prompts), 3))
+    # decoding stops at the first chunk that brings the count to ``needed``
+    early = rere.rows_with_target_in_group(
+        *args, needed=2, chunk=4, pad_token_id=pad, progress=False
+    )
+    assert early == [0, 3]
+    # the ``rere`` node keeps exactly those rows, and refuses to train on none
+    table = pd.DataFrame({"prompt_ids": prompts, "item_title": mixed})
+    params = {"num_generations": G, "prompts_per_step": 2, "max_steps": -1, "progress": False}
+    kept = informative_rows(table, tiny_backbone.model, recommender, params)
+    assert sorted(kept.index) == found
+    with pytest.raises(ValueError, match="informative_only"):
+        informative_rows(table.iloc[[1, 2]], tiny_backbone.model, recommender, params)
+
+
 @pytest.mark.parametrize("sampling", ["sample", "dynamic"])
 def test_sampled_groups_train_too(recommender, tiny_backbone, dataset, rows, tmp_path, sampling):
     _, history, _ = _train(
@@ -243,3 +275,35 @@ def test_plain_lm_head_gives_trls_log_probabilities(recommender, tiny_backbone, 
     assert plain[0].shape == (6, 12)
     torch.testing.assert_close(plain[0], fused[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(plain[1], fused[1], rtol=1e-4, atol=1e-4)
+
+
+def test_shared_prompts_give_the_whole_rows_values_and_gradients(tiny_backbone):
+    # Three prompts (one left-padded), each with several completions (some right-padded), the
+    # rows shuffled as TRL hands them over: running each prompt once must change nothing.
+    torch.manual_seed(0)
+    prompts, prompt_mask = torch.randint(0, 600, (3, 18)), torch.ones(3, 18, dtype=torch.long)
+    prompt_mask[1, :4] = 0
+    rows = [2, 0, 1, 0, 2, 1, 1, 0]
+    completions, completion_mask = torch.randint(0, 600, (8, 7)), torch.ones(8, 7, dtype=torch.long)
+    completion_mask[[1, 4], 5:] = 0
+    ids = torch.cat([prompts[rows], completions], dim=1)
+    mask = torch.cat([prompt_mask[rows], completion_mask], dim=1)
+    weights = torch.randn(8, 7, tiny_backbone.model.config.hidden_size)
+
+    def hidden_and_grads(hidden_of):
+        model = copy.deepcopy(tiny_backbone.model).train()
+        hidden = hidden_of(model.get_decoder())
+        (hidden * weights).sum().backward()
+        return hidden.detach(), {
+            n: p.grad for n, p in model.named_parameters() if p.grad is not None
+        }
+
+    shared, shared_grads = hidden_and_grads(lambda d: rere.completion_hidden(d, ids, mask, 7))
+    whole, whole_grads = hidden_and_grads(
+        lambda d: d(input_ids=ids, attention_mask=mask).last_hidden_state[:, -8:-1]
+    )
+    torch.testing.assert_close(shared, whole, rtol=1e-5, atol=1e-5)
+    assert shared_grads.keys() == whole_grads.keys() and len(whole_grads) > 5
+    for name, grad in whole_grads.items():
+        scale = float(grad.abs().max())  # summed in another order: float error, relative
+        torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-5 * scale, msg=name)

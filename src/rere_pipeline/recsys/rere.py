@@ -65,24 +65,106 @@ def dynamic_group(drawn: Group, target_item: int | None, size: int) -> Group:
     return Group(keep, [score[i] for i in keep], [completion[i] for i in keep])
 
 
+def rows_with_target_in_group(
+    model,
+    prompts: Sequence[Sequence[int]],
+    targets: Sequence[str],
+    trie: ItemTrie,
+    title_of_item: Sequence[str],
+    size: int,
+    *,
+    needed: int | None = None,
+    chunk: int = 256,
+    batch_size: int = 32,
+    pad_token_id: int | None = None,
+    progress: bool = True,
+) -> list[int]:
+    """Indices (in row order) of the rows whose target title is among ``model``'s top-``size``
+    constrained beams: the only ReRe groups with a non-zero advantage under rule + ranking.
+
+    Rows are decoded ``chunk`` at a time until at least ``needed`` are found (every row when
+    ``None``).
+    """
+    from tqdm.auto import tqdm
+
+    found: list[int] = []
+    decoded = 0
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(prompts), desc="rows with the target in the group", disable=not progress)
+    try:
+        for start in range(0, len(prompts), chunk):
+            if needed is not None and len(found) >= needed:
+                break
+            stop = min(start + chunk, len(prompts))
+            groups = constrained_beam_search(
+                model,
+                prompts[start:stop],
+                trie,
+                size,
+                batch_size=batch_size,
+                pad_token_id=pad_token_id,
+            )
+            for row, group in enumerate(groups, start):
+                if targets[row] in {title_of_item[i] for i in group.items}:
+                    found.append(row)
+            decoded = stop
+            bar.update(stop - start)
+            bar.set_postfix(found=len(found))
+    finally:
+        bar.close()
+        model.train(was_training)
+    log.info("%d of %d decoded rows hold their target in the group", len(found), decoded)
+    return found
+
+
+def completion_hidden(decoder, ids, mask, keep: int) -> torch.Tensor:
+    """The decoder's hidden states that predict the last ``keep`` tokens of every row
+    (``[rows, keep, hidden]``).
+
+    Rows that share their prompt (a group's G completions) run it once: the prompt's KV cache
+    is computed per distinct prompt and indexed out to its rows, and only the completion tokens
+    run per row. Same values as running the whole rows (positions and masks are those of the
+    whole rows), at a fraction of the work; the gradient flows through the shared cache.
+    """
+    from transformers import DynamicCache
+
+    split = ids.size(1) - keep
+    prompts = torch.cat([ids[:, :split], mask[:, :split]], dim=1)
+    distinct, row_of = torch.unique(prompts, dim=0, return_inverse=True)
+    if split < 1 or len(distinct) == len(ids) or getattr(decoder, "gradient_checkpointing", False):
+        return decoder(input_ids=ids, attention_mask=mask).last_hidden_state[:, -keep - 1 : -1]
+    shared = decoder(
+        input_ids=distinct[:, :split], attention_mask=distinct[:, split:], use_cache=True
+    )
+    cache = DynamicCache(
+        ddp_cache_data=[(k[row_of], v[row_of]) for k, v, *_ in shared.past_key_values],
+        config=decoder.config,
+    )
+    rest = decoder(input_ids=ids[:, split:], attention_mask=mask, past_key_values=cache)
+    first = shared.last_hidden_state[row_of, -1:]  # the last prompt token predicts the first
+    return torch.cat([first, rest.last_hidden_state[:, :-1]], dim=1)
+
+
 def plain_head_logps(
     model, input_ids, attention_mask, logits_to_keep, batch_size, temperature, compute_entropy
 ):
     """Log-probabilities (and entropies) of the last ``logits_to_keep`` tokens with one plain
-    LM-head matmul per chunk of rows.
+    LM-head matmul per chunk of rows, each group's prompt run once (``completion_hidden``).
 
     TRL patches the model with a fused, tiled LM head built for GPUs; on a CPU its torch
     fallback was the largest part of an RL step here (``benchmarks/rl_step.py``), as it was for
     SFT. Same values, returned as TRL's ``(logps, entropies, None)``.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, head = base.get_decoder(), base.get_output_embeddings()
     logps, entropies = [], []
     for start in range(0, input_ids.size(0), batch_size):
         ids = input_ids[start : start + batch_size]
-        hidden = base.get_decoder()(
-            input_ids=ids, attention_mask=attention_mask[start : start + batch_size]
-        ).last_hidden_state[:, -logits_to_keep - 1 : -1]
-        logits = base.get_output_embeddings()(hidden).float() / temperature
+        hidden = completion_hidden(
+            decoder, ids, attention_mask[start : start + batch_size], logits_to_keep
+        )
+        logits = head(hidden).float() / temperature
         log_probs = torch.log_softmax(logits, dim=-1)
         logps.append(log_probs.gather(-1, ids[:, -logits_to_keep:].unsqueeze(-1)).squeeze(-1))
         if compute_entropy:

@@ -66,6 +66,7 @@ def test_full_run_is_tracked_in_mlflow(full_run):
         "rere.valid_ndcg_at_10",
     ):
         assert f"metrics.{metric}" in run, metric
+    assert run["metrics.rere.rere/train_rows"] == 32  # conf/test's rere.train_rows, unfiltered
     assert run["params.sft.learning_rate"] == "0.003"
 
 

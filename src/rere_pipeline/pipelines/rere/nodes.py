@@ -28,9 +28,9 @@ PLOTTED = (
 )
 
 
-def rl_dataset(prompts_train: pd.DataFrame, train: pd.DataFrame, params: dict) -> Dataset:
-    """Prompt text, target title and history ids of the train rows (``train_rows`` of them,
-    sampled with the seed, when set: the CPU budget)."""
+def rl_rows(prompts_train: pd.DataFrame, train: pd.DataFrame, params: dict) -> pd.DataFrame:
+    """Prompt (text and ids), target title and history ids of the train rows (``train_rows`` of
+    them, sampled with the seed, when set: the CPU budget)."""
     if not (
         (prompts_train["user_id"].values == train["user_id"].values).all()
         and (prompts_train["item_id"].values == train["item_id"].values).all()
@@ -39,12 +39,46 @@ def rl_dataset(prompts_train: pd.DataFrame, train: pd.DataFrame, params: dict) -
     rows = pd.DataFrame(
         {
             "prompt": prompts_train["prompt"].values,
+            "prompt_ids": [list(map(int, p)) for p in prompts_train["prompt_ids"]],
             "item_title": prompts_train["item_title"].astype(str).values,
             "history_item_id": [list(map(int, h)) for h in train["history_item_id"]],
         }
     )
-    rows = checkpoints.seeded_sample(rows, params.get("train_rows"), params.get("seed", 0))
-    return Dataset.from_pandas(rows.reset_index(drop=True))
+    return checkpoints.seeded_sample(rows, params.get("train_rows"), params.get("seed", 0))
+
+
+def informative_rows(
+    rows: pd.DataFrame, model, recommender: CatalogueRecommender, params: dict
+) -> pd.DataFrame:
+    """The rows whose target is among the starting policy's G beams (``informative_only``).
+
+    Under rule + ranking a group without its target has zero reward spread, hence zero GRPO
+    advantage: its step moves nothing but the KL. Dropping those rows up front (DAPO's
+    dynamic sampling, filtered once) spends every RL step on groups that teach. Rows are
+    decoded in a seeded order until ``max_steps`` steps' worth are found (all rows when
+    ``max_steps`` is not set).
+    """
+    rows = rows.sample(frac=1.0, random_state=int(params.get("seed", 0)))
+    steps = int(params.get("max_steps", -1))
+    per_step = int(params["prompts_per_step"]) * int(params.get("gradient_accumulation_steps", 1))
+    keep = rere.rows_with_target_in_group(
+        model,
+        rows["prompt_ids"].tolist(),
+        rows["item_title"].tolist(),
+        recommender.trie,
+        recommender.titles,
+        int(params["num_generations"]),
+        needed=steps * per_step if steps > 0 else None,
+        batch_size=int(params.get("decode_batch_size", 32)),
+        pad_token_id=recommender.tokenizer.pad_token_id,
+        progress=bool(params.get("progress", True)),
+    )
+    if not keep:
+        raise ValueError(
+            "rere.informative_only: no train row has its target among the starting model's "
+            f"{params['num_generations']} beams; train the SFT model longer or turn it off"
+        )
+    return rows.iloc[keep]
 
 
 def reinforce(
@@ -89,10 +123,14 @@ def reinforce(
         float(params["beta"]),
         params.get("init", "sft"),
     )
+    rows = rl_rows(prompts_train, train, params)
+    if params.get("informative_only", False):
+        rows = informative_rows(rows, init.model, recommender, params)
+    dataset = Dataset.from_pandas(rows.drop(columns="prompt_ids").reset_index(drop=True))
     model, history, valid_history = rere.train_rere(
         init.model,
         init.tokenizer,
-        rl_dataset(prompts_train, train, params),
+        dataset,
         funcs,
         reward_weights,
         recommender.trie,
@@ -109,6 +147,7 @@ def reinforce(
     metrics["valid_ndcg_at_10"] = [
         {"value": h["valid_ndcg_at_10"], "step": h["step"]} for h in valid_history
     ]
+    metrics["rere/train_rows"] = [{"value": float(len(rows)), "step": 0}]  # after the filter
     return Backbone(init.tokenizer, model), metrics, training_figure(metrics)
 
 
