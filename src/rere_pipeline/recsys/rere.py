@@ -16,8 +16,13 @@ the reference model (``beta``) and its periodic sync — is TRL's. To know the t
 generation (for ``dynamic`` and the group statistics) the trainer remembers each batch's
 ``item_title`` column before handing the batch to TRL.
 
-On a CPU it also computes the policy's log-probabilities with a plain LM-head matmul
-(``plain_head_logps``, same values) instead of TRL's GPU-oriented fused head, 4x faster here.
+On a CPU it also computes the policy's log-probabilities with a plain LM-head matmul instead of
+TRL's GPU-oriented fused head, running each group's prompt once for its G completions
+(``plain_head_logps``, ``completion_hidden``: same values and gradients; 10.7x TRL's head in
+``benchmarks/rl_step.py``).
+
+``rows_with_target_in_group`` finds the train rows whose group can teach anything under rule +
+ranking (the target among the G beams), for ``rere.informative_only``.
 
 ``ValidNDCGCallback`` decodes a fixed valid sample every ``eval_steps``, logs NDCG@10 and
 HR@10, keeps the best weights, and stops the run when NDCG@10 collapses.
