@@ -47,10 +47,8 @@ def main() -> None:
 
     def whole_logps(model, ids, mask, _):  # every row runs its prompt
         whole = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        logits = model.get_output_embeddings()(whole[:, -keep - 1 : -1]).float()
-        log_probs = torch.log_softmax(logits, dim=-1)
-        entropy = -(log_probs.exp() * log_probs).sum(-1)
-        return log_probs.gather(-1, ids[:, -keep:].unsqueeze(-1)).squeeze(-1), entropy
+        head = model.get_output_embeddings()
+        return rere.head_logps(head, whole[:, -keep - 1 : -1], ids[:, -keep:], 1.0, True)
 
     fused_model = copy.deepcopy(base)
     trl_utils.add_fused_lm_head(fused_model, outputs=("log_probs", "entropy"))

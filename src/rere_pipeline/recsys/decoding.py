@@ -79,6 +79,18 @@ def left_pad(
     return ids, mask
 
 
+@contextmanager
+def evaluating(model):
+    """``model`` in eval mode (no dropout) for the block, then back in its previous mode: the
+    decoders run inside training loops (ReRe's groups, valid scores)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def constrained_beam_search(
     model: torch.nn.Module,
@@ -105,14 +117,15 @@ def constrained_beam_search(
     bar = tqdm(
         total=len(prompts), desc="constrained beam search", unit="prompt", disable=not progress
     )
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        groups = _search_batch(
-            model, [prompts[i] for i in chunk], trie, num_beams, length_penalty, pad, timings
-        )
-        for i, group in zip(chunk, groups, strict=True):
-            results[i] = group
-        bar.update(len(chunk))
+    with evaluating(model):
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            groups = _search_batch(
+                model, [prompts[i] for i in chunk], trie, num_beams, length_penalty, pad, timings
+            )
+            for i, group in zip(chunk, groups, strict=True):
+                results[i] = group
+            bar.update(len(chunk))
     bar.close()
     return results  # type: ignore[return-value]
 
@@ -443,7 +456,7 @@ def _generate_constrained(
     )
     device = next(model.parameters()).device
     constraint = trie.to(device)
-    with torch.no_grad():
+    with torch.no_grad(), evaluating(model):
         for start in range(0, len(prompts), batch_size):
             ids, mask = (t.to(device) for t in left_pad(prompts[start : start + batch_size], pad))
             out = model.generate(

@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from transformers import DynamicCache, TrainerCallback
 
 from rere_pipeline.recsys.decoding import Group, constrained_beam_search, constrained_sampling
 from rere_pipeline.recsys.metrics import ranking_metrics
@@ -94,8 +94,6 @@ def rows_with_target_in_group(
 
     found: list[int] = []
     decoded = 0
-    was_training = model.training
-    model.eval()
     bar = tqdm(total=len(prompts), desc="rows with the target in the group", disable=not progress)
     try:
         for start in range(0, len(prompts), chunk):
@@ -118,7 +116,6 @@ def rows_with_target_in_group(
             bar.set_postfix(found=len(found))
     finally:
         bar.close()
-        model.train(was_training)
     log.info("%d of %d decoded rows hold their target in the group", len(found), decoded)
     return found
 
@@ -132,8 +129,6 @@ def completion_hidden(decoder, ids, mask, keep: int) -> torch.Tensor:
     run per row. Same values as running the whole rows (positions and masks are those of the
     whole rows), at a fraction of the work; the gradient flows through the shared cache.
     """
-    from transformers import DynamicCache
-
     split = ids.size(1) - keep
     prompts = torch.cat([ids[:, :split], mask[:, :split]], dim=1)
     distinct, row_of = torch.unique(prompts, dim=0, return_inverse=True)
@@ -169,12 +164,20 @@ def plain_head_logps(
         hidden = completion_hidden(
             decoder, ids, attention_mask[start : start + batch_size], logits_to_keep
         )
-        logits = head(hidden).float() / temperature
-        log_probs = torch.log_softmax(logits, dim=-1)
-        logps.append(log_probs.gather(-1, ids[:, -logits_to_keep:].unsqueeze(-1)).squeeze(-1))
-        if compute_entropy:
-            entropies.append(-(log_probs.exp() * log_probs).sum(-1))
+        chunk_logps, chunk_entropy = head_logps(
+            head, hidden, ids[:, -logits_to_keep:], temperature, compute_entropy
+        )
+        logps.append(chunk_logps)
+        entropies.append(chunk_entropy)
     return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
+
+
+def head_logps(head, hidden, targets, temperature: float = 1.0, compute_entropy: bool = False):
+    """Log-probabilities of ``targets`` (and the entropies, or ``None``) under the LM head's
+    tempered distribution at each of ``hidden``'s positions."""
+    log_probs = torch.log_softmax(head(hidden).float() / temperature, dim=-1)
+    logps = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return logps, -(log_probs.exp() * log_probs).sum(-1) if compute_entropy else None
 
 
 def _grpo_trainer_class():
@@ -253,13 +256,7 @@ def _grpo_trainer_class():
                 raise RuntimeError("expected each prompt repeated num_generations times in a row")
             prompts = [list(p) for p in prompt_ids[::size]]
             targets = self._batch_targets[::size]
-            model = self.accelerator.unwrap_model(self.model)
-            was_training = model.training
-            model.eval()
-            try:
-                groups = self._groups(model, prompts, targets, size)
-            finally:
-                model.train(was_training)
+            groups = self._groups(self.accelerator.unwrap_model(self.model), prompts, targets, size)
             self._log_groups(groups, targets)
             completion_ids = [list(c) for g in groups for c in g.completions]
             return completion_ids, None
@@ -346,19 +343,14 @@ class ValidNDCGCallback(TrainerCallback):
         return self
 
     def score(self, model) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        try:
-            groups = constrained_beam_search(
-                model,
-                self.prompts,
-                self.trie,
-                self.num_beams,
-                batch_size=self.batch_size,
-                pad_token_id=self.pad_token_id,
-            )
-        finally:
-            model.train(was_training)
+        groups = constrained_beam_search(
+            model,
+            self.prompts,
+            self.trie,
+            self.num_beams,
+            batch_size=self.batch_size,
+            pad_token_id=self.pad_token_id,
+        )
         ranked = [[self.title_of_item[i] for i in g.items] for g in groups]
         metrics = ranking_metrics(ranked, self.targets, [10])
         return {"valid_ndcg_at_10": metrics["NDCG@10"], "valid_hr_at_10": metrics["HR@10"]}
