@@ -9,7 +9,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from rere_pipeline.pipelines.rere.nodes import informative_rows
+from rere_pipeline.pipelines.rere.nodes import informative_rows, training_rows
 from rere_pipeline.recsys import rere, rewards
 from rere_pipeline.recsys.decoding import Group, constrained_beam_search
 from rere_pipeline.recsys.recommend import CatalogueRecommender
@@ -219,6 +219,55 @@ def test_informative_rows_are_those_whose_target_is_in_the_group(recommender, ti
     assert sorted(kept.index) == found
     with pytest.raises(ValueError, match="informative_only"):
         informative_rows(table.iloc[[1, 2]], tiny_backbone.model, recommender, params)
+
+
+def test_runs_with_the_same_row_parameters_share_the_filtered_rows(
+    recommender, tiny_backbone, rows, template, monkeypatch
+):
+    histories, targets = rows
+    n = len(histories)
+    prompts_train = pd.DataFrame(
+        {
+            "user_id": range(n),
+            "item_id": range(n),
+            "prompt": [template.prompt(h) for h in histories],
+            "prompt_ids": recommender.prompt_ids(histories),
+            "item_title": targets,
+        }
+    )
+    train = pd.DataFrame({"user_id": range(n), "item_id": range(n), "history_item_id": [[1]] * n})
+    decoded = []
+    filter_rows = rere.rows_with_target_in_group
+
+    def counting(model, prompts, *args, **kwargs):
+        decoded.append(len(prompts))
+        return filter_rows(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(rere, "rows_with_target_in_group", counting)
+    params = {
+        "informative_only": True,
+        "num_generations": G,
+        "prompts_per_step": 2,
+        "max_steps": -1,
+        "seed": 0,
+        "progress": False,
+    }
+    cache: dict = {}
+
+    def filtered(**overrides):
+        model = tiny_backbone.model
+        return training_rows(
+            prompts_train, train, model, recommender, {**params, **overrides}, cache
+        )
+
+    first = filtered()
+    assert decoded == [n] and len(first) == n  # every target is the second beam
+    # another arm (rewards, sampling) of the same seed: the same rows, not decoded again
+    assert filtered(rewards={"rule": 1.0}, sampling="sample") is first and decoded == [n]
+    # another seed or group size decides other rows: decoded again
+    filtered(seed=1)
+    filtered(num_generations=G - 1)
+    assert decoded == [n, n, n]
 
 
 @pytest.mark.parametrize("sampling", ["sample", "dynamic"])

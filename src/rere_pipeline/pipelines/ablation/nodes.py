@@ -36,7 +36,7 @@ def run_ablation(
     """One row per (arm, seed) with its test HR@K / NDCG@K, and the markdown summary."""
     evaluate_params = {**evaluate_params, "max_rows": params.get("test_rows")}
     seeds = [int(s) for s in params["seeds"]]
-    rows = []
+    rows, rows_cache = [], {}  # every arm of a seed trains on the same (filtered) rows
     for arm, overrides in params["arms"].items():
         for seed in seeds if overrides is not None else seeds[:1]:
             if overrides is None:  # the SFT model itself
@@ -60,6 +60,7 @@ def run_ablation(
                     sasrec_model,
                     arm_params,
                     prompt_params,
+                    rows_cache=rows_cache,
                 )
             report, _ = evaluate_lm(
                 arm, model, catalogue, evaluate_params, prompt_params, test=prompts_test

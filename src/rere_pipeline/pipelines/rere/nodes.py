@@ -81,6 +81,43 @@ def informative_rows(
     return rows.iloc[keep]
 
 
+# The parameters that decide which rows ReRe trains on (with the starting model).
+ROW_PARAMS = (
+    "init",
+    "train_rows",
+    "seed",
+    "informative_only",
+    "num_generations",
+    "max_steps",
+    "prompts_per_step",
+    "gradient_accumulation_steps",
+)
+
+
+def training_rows(
+    prompts_train: pd.DataFrame,
+    train: pd.DataFrame,
+    model,
+    recommender: CatalogueRecommender,
+    params: dict,
+    cache: dict | None = None,
+) -> pd.DataFrame:
+    """The rows ReRe trains on: ``rl_rows``, then ``informative_rows`` when asked for.
+
+    With a ``cache`` (one per starting model: the ablation's arms and the tuning trials share
+    theirs), runs whose ``ROW_PARAMS`` agree reuse the rows instead of decoding them again.
+    """
+    key = tuple(params.get(name) for name in ROW_PARAMS)
+    if cache is not None and key in cache:
+        return cache[key]
+    rows = rl_rows(prompts_train, train, params)
+    if params.get("informative_only", False):
+        rows = informative_rows(rows, model, recommender, params)
+    if cache is not None:
+        cache[key] = rows
+    return rows
+
+
 def reinforce(
     sft_model: Backbone,
     backbone: Backbone,
@@ -92,10 +129,13 @@ def reinforce(
     params: dict,
     prompt_params: dict,
     on_score=None,
+    rows_cache: dict | None = None,
 ) -> tuple[Backbone, dict, Figure]:
     """ReRe on the train rows, starting from the SFT model (``init: sft``) or the backbone.
 
-    ``on_score(step, metrics)`` sees every periodic valid score (tuning prunes with it)."""
+    ``on_score(step, metrics)`` sees every periodic valid score (tuning prunes with it);
+    ``rows_cache`` lets callers that train several runs from the same models share the row
+    filter (see ``training_rows``)."""
     init = {"sft": sft_model, "base": backbone}.get(params.get("init", "sft"))
     if init is None:
         raise ValueError(f"rere.init must be 'sft' or 'base', not {params.get('init')!r}")
@@ -123,9 +163,7 @@ def reinforce(
         float(params["beta"]),
         params.get("init", "sft"),
     )
-    rows = rl_rows(prompts_train, train, params)
-    if params.get("informative_only", False):
-        rows = informative_rows(rows, init.model, recommender, params)
+    rows = training_rows(prompts_train, train, init.model, recommender, params, rows_cache)
     dataset = Dataset.from_pandas(rows.drop(columns="prompt_ids").reset_index(drop=True))
     model, history, valid_history = rere.train_rere(
         init.model,

@@ -55,6 +55,8 @@ def tune_rere(
         len(study.trials),
     )
 
+    rows_cache: dict = {}  # trials with the same group size and budget share their rows
+
     def objective(trial: optuna.Trial) -> float:
         overrides = tuning.suggest(trial, params["search_space"])
         output_dir = f"{rere_params['output_dir']}_trial{trial.number}"
@@ -84,6 +86,7 @@ def tune_rere(
                 trial_params,
                 prompt_params,
                 on_score=tuning.pruning_reporter(trial),
+                rows_cache=rows_cache,
             )
             for point in metrics["valid_ndcg_at_10"]:
                 mlflow.log_metric("valid_ndcg_at_10", point["value"], step=point["step"])
