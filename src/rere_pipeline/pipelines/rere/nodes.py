@@ -47,6 +47,14 @@ def rl_rows(prompts_train: pd.DataFrame, train: pd.DataFrame, params: dict) -> p
     return checkpoints.seeded_sample(rows, params.get("train_rows"), params.get("seed", 0))
 
 
+def rows_needed(params: dict) -> int | None:
+    """Prompts the RL run consumes (``max_steps`` x prompts per optimiser step); ``None`` when
+    ``max_steps`` is not set (the run goes by epochs over every row)."""
+    steps = int(params.get("max_steps", -1))
+    per_step = int(params["prompts_per_step"]) * int(params.get("gradient_accumulation_steps", 1))
+    return steps * per_step if steps > 0 else None
+
+
 def informative_rows(
     rows: pd.DataFrame, model, recommender: CatalogueRecommender, params: dict
 ) -> pd.DataFrame:
@@ -59,8 +67,6 @@ def informative_rows(
     ``max_steps`` is not set).
     """
     rows = rows.sample(frac=1.0, random_state=int(params.get("seed", 0)))
-    steps = int(params.get("max_steps", -1))
-    per_step = int(params["prompts_per_step"]) * int(params.get("gradient_accumulation_steps", 1))
     keep = rere.rows_with_target_in_group(
         model,
         rows["prompt_ids"].tolist(),
@@ -68,7 +74,7 @@ def informative_rows(
         recommender.trie,
         recommender.titles,
         int(params["num_generations"]),
-        needed=steps * per_step if steps > 0 else None,
+        needed=rows_needed(params),
         batch_size=int(params.get("decode_batch_size", 32)),
         pad_token_id=recommender.tokenizer.pad_token_id,
         progress=bool(params.get("progress", True)),
@@ -81,17 +87,9 @@ def informative_rows(
     return rows.iloc[keep]
 
 
-# The parameters that decide which rows ReRe trains on (with the starting model).
-ROW_PARAMS = (
-    "init",
-    "train_rows",
-    "seed",
-    "informative_only",
-    "num_generations",
-    "max_steps",
-    "prompts_per_step",
-    "gradient_accumulation_steps",
-)
+# The parameters that decide which rows ReRe trains on (with the starting model and
+# ``rows_needed``).
+ROW_PARAMS = ("init", "train_rows", "seed", "informative_only", "num_generations")
 
 
 def training_rows(
@@ -105,9 +103,10 @@ def training_rows(
     """The rows ReRe trains on: ``rl_rows``, then ``informative_rows`` when asked for.
 
     With a ``cache`` (one per starting model: the ablation's arms and the tuning trials share
-    theirs), runs whose ``ROW_PARAMS`` agree reuse the rows instead of decoding them again.
+    theirs), runs whose ``ROW_PARAMS`` and ``rows_needed`` agree reuse the rows instead of
+    decoding them again.
     """
-    key = tuple(params.get(name) for name in ROW_PARAMS)
+    key = (*(params.get(name) for name in ROW_PARAMS), rows_needed(params))
     if cache is not None and key in cache:
         return cache[key]
     rows = rl_rows(prompts_train, train, params)
