@@ -2,9 +2,16 @@
 
 import math
 
+import numpy as np
 import pytest
 
-from rere_pipeline.recsys.metrics import hit_rank, ranking_metrics, titles_by_first_occurrence
+from rere_pipeline.recsys.metrics import (
+    hit_rank,
+    ndcg_per_row,
+    paired_bootstrap_ratio,
+    ranking_metrics,
+    titles_by_first_occurrence,
+)
 
 
 def test_hand_computed_rows():
@@ -35,3 +42,41 @@ def test_duplicate_titles_collapse_to_one_rank():
 def test_mismatched_lengths_are_an_error():
     with pytest.raises(ValueError, match="2 ranked lists for 1 targets"):
         ranking_metrics([["a"], ["b"]], ["a"])
+
+
+def test_per_row_ndcg_averages_to_ranking_metrics():
+    ranked = [["a", "b", "c"], ["x", "y", "z"], ["q", "t", "r"], ["m", "n", "o"]]
+    targets = ["b", "z", "missing", "m"]
+    rows = ndcg_per_row(ranked, targets, k=2)
+    assert rows.tolist() == pytest.approx([1 / math.log2(3), 0.0, 0.0, 1.0])
+    assert rows.mean() == pytest.approx(ranking_metrics(ranked, targets, ks=(2,))["NDCG@2"])
+
+
+def test_paired_bootstrap_of_a_model_against_itself_has_no_spread():
+    values = np.random.default_rng(1).random(200)
+    same = paired_bootstrap_ratio(values, values, samples=200)
+    assert same == {"ratio": 1.0, "low": 1.0, "high": 1.0, "above_1": 0.0}
+    # a model 1.5x better on every row is 1.5x in every resample: pairing removes row noise
+    scaled = paired_bootstrap_ratio(1.5 * values, values, samples=200)
+    assert scaled["low"] == pytest.approx(1.5) and scaled["high"] == pytest.approx(1.5)
+    assert scaled["above_1"] == 1.0
+
+
+def test_paired_bootstrap_interval_widens_with_row_noise_and_is_seeded():
+    rng = np.random.default_rng(2)
+    base = rng.random(500)
+    noisy = base * rng.uniform(0.5, 1.7, size=500)  # ~1.1x on average, row by row noisy
+    first = paired_bootstrap_ratio(noisy, base, samples=300, seed=3)
+    assert first["low"] < first["ratio"] < first["high"]
+    assert first["ratio"] == pytest.approx(noisy.mean() / base.mean())
+    assert 0.0 < first["above_1"] <= 1.0
+    assert paired_bootstrap_ratio(noisy, base, samples=300, seed=3) == first
+    fewer = paired_bootstrap_ratio(noisy[:50], base[:50], samples=300, seed=3)
+    assert fewer["high"] - fewer["low"] > first["high"] - first["low"]
+
+
+def test_paired_bootstrap_needs_rows_in_pairs():
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        paired_bootstrap_ratio(np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        paired_bootstrap_ratio(np.ones(0), np.ones(0))

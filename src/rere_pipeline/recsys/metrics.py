@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 DEFAULT_KS = (1, 3, 5, 10, 20)
 
 
@@ -38,6 +40,51 @@ def ranking_metrics(
             1.0 / math.log2(r + 2) for r, h in zip(ranks, hits, strict=True) if h
         ) / len(ranks)
     return out
+
+
+def ndcg_per_row(ranked: Sequence[Sequence[str]], targets: Sequence[str], k: int) -> np.ndarray:
+    """NDCG@k of each row (0.0 for a miss): the values ``ranking_metrics`` averages."""
+    ranks = [hit_rank(r, t) for r, t in zip(ranked, targets, strict=True)]
+    return np.array([1.0 / math.log2(r + 2) if r is not None and r < k else 0.0 for r in ranks])
+
+
+def paired_bootstrap_ratio(
+    numerator: np.ndarray,
+    denominator: np.ndarray,
+    *,
+    samples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """``mean(numerator) / mean(denominator)`` over the same rows, with a percentile bootstrap
+    interval: each resample draws rows with replacement and takes *both* means over the same
+    draw (paired), so the interval reflects how the two models differ row by row, not the
+    spread of either alone. ``above_1`` is the share of resamples with a ratio above 1 (one
+    whose denominator scored 0 counts as infinite when the numerator did not, and is dropped
+    from the interval and the share when neither did)."""
+    numerator, denominator = np.asarray(numerator, float), np.asarray(denominator, float)
+    if numerator.shape != denominator.shape or numerator.ndim != 1 or not len(numerator):
+        raise ValueError(
+            f"paired bootstrap: need two equal, non-empty 1-D arrays, got "
+            f"{numerator.shape} and {denominator.shape}"
+        )
+    rng = np.random.default_rng(seed)
+    ratios = np.empty(samples)
+    for chunk in range(0, samples, 100):  # 100 resamples at a time: bounded memory
+        draw = rng.integers(0, len(numerator), size=(min(100, samples - chunk), len(numerator)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios[chunk : chunk + len(draw)] = numerator[draw].mean(1) / denominator[draw].mean(1)
+    tail = (1.0 - confidence) / 2 * 100
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = numerator.mean() / denominator.mean()
+    return {
+        "ratio": float(ratio),
+        # resampled ratios themselves, not interpolations: a resample whose denominator
+        # scored 0 gives an infinite ratio, and inf - inf would interpolate to NaN
+        "low": float(np.nanpercentile(ratios, tail, method="lower")),
+        "high": float(np.nanpercentile(ratios, 100 - tail, method="higher")),
+        "above_1": float(np.mean(ratios[~np.isnan(ratios)] > 1.0)),
+    }
 
 
 def titles_by_first_occurrence(item_ids: Sequence[int], titles: dict[int, str]) -> list[str]:

@@ -27,6 +27,14 @@ def test_full_run_writes_models_and_the_evaluation_report(full_run):
             assert 0.0 <= report[f"NDCG@{k}"] <= report[f"HR@{k}"] <= 1.0
     table = (project / "data/08_reporting/evaluation.md").read_text()
     assert "| sft | 24 |" in table and "| rere | 24 |" in table and "| sasrec | 4533 |" in table
+    comparison = json.loads((project / "data/08_reporting/comparison.json").read_text())
+    test, valid = comparison["test"], comparison["valid"]
+    assert test["rows"] == 24  # the test rows both LMs scored (SASRec scored all)
+    assert set(test["pairs"]) == {"rere/sft", "rere/sasrec", "sft/sasrec"}
+    assert sum(s["rows"] for s in test["slices"].values()) == 24
+    assert test["models"]["sft"] == pytest.approx(evaluation["sft"]["test"]["NDCG@10"])
+    assert set(valid["models"]) == {"sft", "rere"} and valid["rows"] == 24
+    assert "## test: paired comparison (NDCG@10)" in table
     assert (project / "data/08_reporting/rere_training.png").stat().st_size > 10_000
     assert (project / "data/08_reporting/evaluation_curves.png").stat().st_size > 10_000
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import pandas as pd
 
 from rere_pipeline.mlops.registry import rows_fingerprint
 from rere_pipeline.recsys.backbone import Backbone
 from rere_pipeline.recsys.decoding import DecodeTimings
-from rere_pipeline.recsys.metrics import ranking_metrics
+from rere_pipeline.recsys.metrics import ndcg_per_row, paired_bootstrap_ratio, ranking_metrics
 from rere_pipeline.recsys.prompts import PromptTemplate
 from rere_pipeline.recsys.recommend import CatalogueRecommender
 
@@ -69,6 +70,7 @@ def evaluate_lm(
                 {
                     "model": model_name,
                     "split": split,
+                    "row": prompts.index.values,  # position in the split (scored_rows)
                     "user_id": prompts["user_id"].values,
                     "target_item_id": prompts["item_id"].values,
                     "target_title": prompts["item_title"].values,
@@ -130,8 +132,149 @@ def combine_reports(*reports: dict) -> dict:
     return combined
 
 
-def markdown_table(evaluation: dict, params: dict) -> str:
-    """One table per split: models as rows, HR@K and NDCG@K as columns."""
+def _rows_scored(
+    name: str, predictions: pd.DataFrame, split: str, rows: pd.DataFrame
+) -> pd.DataFrame | None:
+    """``predictions``' rows of ``split``, indexed by position in ``rows`` (that split's model
+    input), with ``target_title`` and ``titles``; ``None`` when the model did not score the
+    split. An LM's predictions carry ``row`` (``evaluate_lm``); SASRec's are the whole test
+    split in order."""
+    if "split" in predictions:  # an LM: evaluate_lm's predictions
+        if "row" not in predictions:
+            raise ValueError(
+                f"{name}_predictions has no 'row' column (written before it existed): "
+                "re-run its evaluate node"
+            )
+        picked = predictions[predictions["split"] == split]
+        if picked.empty:
+            return None
+        frame = pd.DataFrame(
+            {
+                "row": picked["row"].to_numpy(),
+                "user_id": picked["user_id"].to_numpy(),
+                "item_id": picked["target_item_id"].to_numpy(),
+                "target_title": picked["target_title"].to_numpy(),
+                "titles": picked["titles"].to_numpy(),
+            }
+        )
+    elif split == "test":  # SASRec: evaluate_sasrec's test predictions
+        frame = pd.DataFrame(
+            {
+                "row": np.arange(len(predictions)),
+                "user_id": predictions["user_id"].to_numpy(),
+                "item_id": predictions["item_id"].to_numpy(),
+                "target_title": predictions["item_title"].to_numpy(),
+                "titles": predictions["ranked_titles"].to_numpy(),
+            }
+        )
+    else:
+        return None
+    position = frame["row"].to_numpy()
+    aligned = frame["row"].between(0, len(rows) - 1).all() and (
+        (rows["user_id"].to_numpy()[position] == frame["user_id"].to_numpy()).all()
+        and (rows["item_id"].to_numpy()[position] == frame["item_id"].to_numpy()).all()
+    )
+    if not aligned:
+        raise ValueError(
+            f"{name}_predictions: its {split} rows do not match "
+            f"data/05_model_input/{split}.parquet (user_id / item_id differ); re-run the stage "
+            "that wrote them"
+        )
+    return frame.set_index("row")
+
+
+def compare_models(
+    test: pd.DataFrame, valid: pd.DataFrame, params: dict, **predictions: pd.DataFrame
+) -> dict:
+    """Paired comparison of the models, per split, on the rows they all scored (NDCG@``k``).
+
+    * ``pairs``: each ``[a, b]`` of ``compare.pairs`` as mean(a) / mean(b) with a paired
+      bootstrap interval (``paired_bootstrap_ratio``): is a gain larger than row noise?
+    * ``slices``: the same metric on the rows whose history already holds the target title
+      (the user buys it again: 5% of test, but a large share of every model's hits) and on
+      the rest, so a gain or loss can be traced to one kind of row.
+
+    SASRec's predictions cover test only, so valid compares the LMs.
+    """
+    result = {}
+    for split, rows in (("test", test), ("valid", valid)):
+        scored = {
+            name: frame
+            for name, p in predictions.items()
+            if (frame := _rows_scored(name, p, split, rows)) is not None
+        }
+        if scored:
+            result[split] = _compare_split(split, rows, scored, params.get("compare", {}))
+    return result
+
+
+def _compare_split(split: str, rows: pd.DataFrame, scored: dict, settings: dict) -> dict:
+    k = int(settings.get("k", 10))
+    common = sorted(set.intersection(*(set(frame.index) for frame in scored.values())))
+    if not common:
+        raise ValueError(f"compare_models: {', '.join(scored)} scored no {split} row in common")
+    ndcg = {
+        name: ndcg_per_row(
+            frame.loc[common, "titles"].map(list).tolist(),
+            frame.loc[common, "target_title"].tolist(),
+            k,
+        )
+        for name, frame in scored.items()
+    }
+    history = rows["history_item_title"].to_numpy()[common]
+    target = rows["item_title"].to_numpy()[common]
+    repeat = np.array([t in set(h) for t, h in zip(target, history, strict=True)], dtype=bool)
+    samples, seed = int(settings.get("bootstrap_samples", 1000)), int(settings.get("seed", 0))
+    confidence = float(settings.get("confidence", 0.95))
+    pairs = {}
+    for a, b in settings.get("pairs", [["rere", "sft"], ["rere", "sasrec"], ["sft", "sasrec"]]):
+        if a not in ndcg or b not in ndcg:
+            continue  # e.g. SASRec on valid
+        if not ndcg[b].any():
+            pairs[f"{a}/{b}"] = {"ratio": None, "note": f"{b} has no hit in the top {k}"}
+            continue
+        pairs[f"{a}/{b}"] = paired_bootstrap_ratio(
+            ndcg[a], ndcg[b], samples=samples, confidence=confidence, seed=seed
+        )
+    slices = {
+        label: {
+            "rows": int(mask.sum()),
+            **{
+                name: float(values[mask].mean()) if mask.any() else None
+                for name, values in ndcg.items()
+            },
+            "share_of_hits": {
+                name: float(values[mask].sum() / values.sum()) if values.any() else None
+                for name, values in ndcg.items()
+            },
+        }
+        for label, mask in (("history holds the target", repeat), ("new item", ~repeat))
+    }
+    log.info(
+        "%s NDCG@%d, paired bootstrap (ratio, low, high): %s",
+        split,
+        k,
+        {
+            pair: (round(v["ratio"], 3), round(v["low"], 3), round(v["high"], 3))
+            for pair, v in pairs.items()
+            if v["ratio"] is not None
+        },
+    )
+    return {
+        "split": split,
+        "metric": f"NDCG@{k}",
+        "rows": len(common),
+        "bootstrap_samples": samples,
+        "confidence": confidence,
+        "models": {name: float(values.mean()) for name, values in ndcg.items()},
+        "pairs": pairs,
+        "slices": slices,
+    }
+
+
+def markdown_table(evaluation: dict, params: dict, comparison: dict | None = None) -> str:
+    """One table per split: models as rows, HR@K and NDCG@K as columns; then the paired
+    comparison of each split (``compare_models``) when given."""
     ks = [int(k) for k in params["ks"]]
     metrics = [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks]
     lines = ["# Evaluation", ""]
@@ -153,11 +296,56 @@ def markdown_table(evaluation: dict, params: dict) -> str:
                 + " |"
             )
         lines.append("")
+    for split in ("test", "valid"):
+        if split in (comparison or {}):
+            lines += comparison_lines(comparison[split])
     lines.append(
         "Hits are matched by title (duplicate titles count, as in the paper); "
         "`sasrec_by_id` is SASRec matched by item id."
     )
     return "\n".join(lines) + "\n"
+
+
+def comparison_lines(comparison: dict) -> list[str]:
+    """Markdown of one split's comparison (``compare_models``): ratios with intervals, then
+    the slices."""
+    metric, models = comparison["metric"], list(comparison["models"])
+    lines = [
+        f"## {comparison['split']}: paired comparison ({metric})",
+        "",
+        f"Ratio of mean {metric} over the {comparison['rows']} {comparison['split']} rows "
+        f"scored by each of {', '.join(models)}, "
+        f"with a {comparison['confidence']:.0%} paired bootstrap interval "
+        f"({comparison['bootstrap_samples']} resamples of the rows).",
+        "",
+        "| models | ratio | interval | resamples above 1 |",
+        "|---|---|---|---|",
+    ]
+    for pair, entry in comparison["pairs"].items():
+        if entry["ratio"] is None:
+            lines.append(f"| {pair.replace('/', ' / ')} | - | {entry['note']} | - |")
+            continue
+        lines.append(
+            f"| {pair.replace('/', ' / ')} | {entry['ratio']:.3f} | "
+            f"{entry['low']:.3f} - {entry['high']:.3f} | {entry['above_1']:.0%} |"
+        )
+    lines += [
+        "",
+        f"{metric} by kind of row (in brackets: that kind's share of the model's total):",
+        "",
+        "| rows | n | " + " | ".join(models) + " |",
+        "|---" * (len(models) + 2) + "|",
+    ]
+    for label, entry in comparison["slices"].items():
+        cells = [
+            "-"
+            if entry[m] is None
+            else f"{entry[m]:.4f}"
+            + ("" if entry["share_of_hits"][m] is None else f" ({entry['share_of_hits'][m]:.0%})")
+            for m in models
+        ]
+        lines.append(f"| {label} | {entry['rows']} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def curves_figure(evaluation: dict, params: dict):
@@ -182,15 +370,26 @@ def curves_figure(evaluation: dict, params: dict):
     return fig
 
 
-def mlflow_metrics(evaluation: dict) -> dict:
-    """``{model}.{split}.HR_at_10`` ... (MLflow metric names cannot hold '@').
+def mlflow_metrics(evaluation: dict, comparison: dict | None = None) -> dict:
+    """``{model}.{split}.HR_at_10`` ... (MLflow metric names cannot hold '@'), and each
+    compared pair's ratio and interval as ``compare.test.rere_vs_sft.ratio`` / ``.low`` /
+    ``.high``.
 
     Only the models this pipeline scores: the baselines pipeline logs its own, same names.
     """
-    return {
+    metrics = {
         f"{model}.{split}.{name.replace('@', '_at_')}": {"value": float(value), "step": 0}
         for model, report in evaluation.items()
         for split, entry in report.items()
         for name, value in entry.items()
         if "@" in name or name in ("valid_fraction", "users_per_second")
     }
+    for split, entry in (comparison or {}).items():
+        for pair, ratio in entry["pairs"].items():
+            if ratio["ratio"] is not None:
+                for name in ("ratio", "low", "high"):
+                    metrics[f"compare.{split}.{pair.replace('/', '_vs_')}.{name}"] = {
+                        "value": float(ratio[name]),
+                        "step": 0,
+                    }
+    return metrics

@@ -41,8 +41,21 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="combine_reports",
             ),
             Node(
+                nodes.compare_models,
+                {
+                    "test": "test",
+                    "valid": "valid",
+                    "params": "params:evaluate",
+                    "sasrec": "sasrec_predictions",
+                    "sft": "sft_predictions",
+                    "rere": "rere_predictions",
+                },
+                "model_comparison",
+                name="compare_models",
+            ),
+            Node(
                 nodes.markdown_table,
-                ["evaluation", "params:evaluate"],
+                ["evaluation", "params:evaluate", "model_comparison"],
                 "evaluation_table",
                 name="evaluation_table",
             ),
@@ -53,7 +66,10 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="evaluation_plot",
             ),
             Node(
-                nodes.mlflow_metrics, "evaluation", "evaluation_metrics", name="evaluation_metrics"
+                nodes.mlflow_metrics,
+                ["evaluation", "model_comparison"],
+                "evaluation_metrics",
+                name="evaluation_metrics",
             ),
         ],
         tags="evaluate",

@@ -1,0 +1,137 @@
+"""`compare_models`: paired ratios and the repeat / new-item slices on hand-made predictions."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from rere_pipeline.pipelines.evaluate.nodes import compare_models, markdown_table, mlflow_metrics
+
+PARAMS = {
+    "ks": [1, 10],
+    "compare": {"k": 10, "bootstrap_samples": 200, "pairs": [["rere", "sft"], ["rere", "sasrec"]]},
+}
+
+
+@pytest.fixture
+def test_rows():
+    return pd.DataFrame(
+        {
+            "user_id": ["u0", "u1", "u2", "u3"],
+            "item_id": [10, 11, 12, 13],
+            "item_title": ["A", "B", "C", "D"],
+            # u1 buys B again: its history already holds the target
+            "history_item_title": [["X"], ["B", "Y"], ["Z"], ["X", "Y"]],
+        }
+    )
+
+
+def lm_predictions(test_rows, rows, titles):
+    """An LM's predictions as evaluate_lm writes them: test rows (by position) and one valid
+    row (the valid split here holds the same rows as test)."""
+    picked = test_rows.iloc[rows]
+    test = pd.DataFrame(
+        {
+            "model": "lm",
+            "split": "test",
+            "row": rows,
+            "user_id": picked["user_id"].values,
+            "target_item_id": picked["item_id"].values,
+            "target_title": picked["item_title"].values,
+            "titles": titles,
+        }
+    )
+    valid = test.iloc[:1].assign(split="valid", row=0, titles=[["A"]])
+    return pd.concat([valid, test], ignore_index=True)
+
+
+def sasrec_predictions(test_rows, titles):
+    return pd.DataFrame(
+        {
+            "user_id": test_rows["user_id"],
+            "item_id": test_rows["item_id"],
+            "item_title": test_rows["item_title"],
+            "ranked_titles": titles,
+        }
+    )
+
+
+def test_models_are_compared_on_the_rows_they_all_scored(test_rows):
+    sft = lm_predictions(test_rows, [0, 1, 3], [["Q", "A"], ["B"], ["Q"]])
+    rere = lm_predictions(test_rows, [0, 1, 3], [["A"], ["B"], ["Q", "D"]])
+    sasrec = sasrec_predictions(test_rows, [["Q"], ["B"], ["C"], ["Q"]])  # scored row 2 too
+    both = compare_models(test_rows, test_rows, PARAMS, sasrec=sasrec, sft=sft, rere=rere)
+    result = both["test"]
+
+    half = 1 / math.log2(3)  # a hit at rank 1
+    assert result["rows"] == 3  # row 2 only SASRec scored
+    assert result["models"] == pytest.approx(
+        {"sasrec": 1 / 3, "sft": (half + 1) / 3, "rere": (1 + 1 + half) / 3}
+    )
+    pair = result["pairs"]["rere/sft"]
+    assert pair["ratio"] == pytest.approx((2 + half) / (1 + half))
+    assert pair["low"] <= pair["ratio"] <= pair["high"]
+    assert result["pairs"]["rere/sasrec"]["ratio"] == pytest.approx(2 + half)
+
+    repeat, new = result["slices"]["history holds the target"], result["slices"]["new item"]
+    assert (repeat["rows"], new["rows"]) == (1, 2)
+    assert repeat["sasrec"] == repeat["sft"] == repeat["rere"] == 1.0
+    assert new["sasrec"] == 0.0 and new["sft"] == pytest.approx(half / 2)
+    assert repeat["share_of_hits"]["sasrec"] == 1.0
+    assert repeat["share_of_hits"]["sft"] == pytest.approx(1 / (1 + half))
+
+    table = markdown_table(
+        {"sft": {"test": {"rows": 3, "HR@1": 0.1, "HR@10": 0.2, "NDCG@1": 0.1, "NDCG@10": 0.15}}},
+        PARAMS,
+        {"test": result},
+    )
+    assert f"| rere / sft | {pair['ratio']:.3f} | {pair['low']:.3f} - {pair['high']:.3f} |" in table
+    assert "| history holds the target | 1 | 1.0000 (100%) |" in table
+    # valid: SASRec has no valid predictions, so only the LMs' pair (on their one valid row)
+    valid = both["valid"]
+    assert valid["rows"] == 1 and set(valid["models"]) == {"sft", "rere"}
+    assert list(valid["pairs"]) == ["rere/sft"] and valid["pairs"]["rere/sft"]["ratio"] == 1.0
+
+    table = markdown_table({}, PARAMS, both)
+    assert table.index("## test: paired comparison") < table.index("## valid: paired comparison")
+    metrics = mlflow_metrics({}, both)
+    assert metrics["compare.test.rere_vs_sft.ratio"]["value"] == pytest.approx(pair["ratio"])
+    assert {"compare.test.rere_vs_sasrec.low", "compare.test.rere_vs_sasrec.high"} <= set(metrics)
+    assert metrics["compare.valid.rere_vs_sft.ratio"]["value"] == 1.0
+
+
+def test_a_pair_whose_baseline_never_hits_has_no_ratio(test_rows):
+    sft = lm_predictions(test_rows, [0, 2], [["Q"], ["Q"]])
+    rere = lm_predictions(test_rows, [0, 2], [["A"], ["Q"]])
+    sasrec = sasrec_predictions(test_rows, [["Q"]] * 4)
+    both = compare_models(test_rows, test_rows, PARAMS, sasrec=sasrec, sft=sft, rere=rere)
+    assert both["test"]["pairs"]["rere/sft"] == {
+        "ratio": None,
+        "note": "sft has no hit in the top 10",
+    }
+    assert "| rere / sft | - | sft has no hit in the top 10 | - |" in markdown_table(
+        {}, PARAMS, both
+    )
+    metrics = mlflow_metrics({}, both)
+    assert "compare.test.rere_vs_sft.ratio" not in metrics
+    assert "compare.valid.rere_vs_sft.ratio" in metrics  # both hit their valid row
+
+
+def test_predictions_of_other_rows_are_refused(test_rows):
+    sft = lm_predictions(test_rows, [0, 1], [["A"], ["B"]])
+    sft.loc[sft["split"] == "test", "row"] = [1, 0]  # rows swapped: users no longer match
+    rere = lm_predictions(test_rows, [0, 1], [["A"], ["B"]])
+    sasrec = sasrec_predictions(test_rows, [["A"]] * 4)
+    with pytest.raises(ValueError, match="sft_predictions: its test rows do not match"):
+        compare_models(test_rows, test_rows, PARAMS, sasrec=sasrec, sft=sft, rere=rere)
+    with pytest.raises(ValueError, match="sasrec_predictions: its test rows do not match"):
+        compare_models(test_rows, test_rows, PARAMS, sasrec=sasrec.iloc[::-1], sft=rere, rere=rere)
+    other_valid = test_rows.iloc[::-1].reset_index(drop=True)
+    with pytest.raises(ValueError, match="rere_predictions: its valid rows do not match"):
+        compare_models(test_rows, other_valid, PARAMS, sasrec=sasrec, rere=rere)
+    with pytest.raises(ValueError, match="no 'row' column"):
+        compare_models(
+            test_rows, test_rows, PARAMS, sasrec=sasrec, sft=rere.drop(columns="row"), rere=rere
+        )
