@@ -31,21 +31,25 @@ def ranking_metrics(
         raise ValueError(f"{len(ranked)} ranked lists for {len(targets)} targets")
     if not targets:
         raise ValueError("no rows to score")
-    ranks = [hit_rank(r, t) for r, t in zip(ranked, targets, strict=True)]
+    ranks = _hit_ranks(ranked, targets)
     out: dict[str, float] = {}
     for k in ks:
-        hits = [r is not None and r < k for r in ranks]
-        out[f"HR@{k}"] = sum(hits) / len(ranks)
-        out[f"NDCG@{k}"] = sum(
-            1.0 / math.log2(r + 2) for r, h in zip(ranks, hits, strict=True) if h
-        ) / len(ranks)
+        out[f"HR@{k}"] = sum(r is not None and r < k for r in ranks) / len(ranks)
+        out[f"NDCG@{k}"] = sum(_row_ndcg(ranks, k)) / len(ranks)
     return out
 
 
 def ndcg_per_row(ranked: Sequence[Sequence[str]], targets: Sequence[str], k: int) -> np.ndarray:
     """NDCG@k of each row (0.0 for a miss): the values ``ranking_metrics`` averages."""
-    ranks = [hit_rank(r, t) for r, t in zip(ranked, targets, strict=True)]
-    return np.array([1.0 / math.log2(r + 2) if r is not None and r < k else 0.0 for r in ranks])
+    return np.array(_row_ndcg(_hit_ranks(ranked, targets), k))
+
+
+def _hit_ranks(ranked: Sequence[Sequence[str]], targets: Sequence[str]) -> list[int | None]:
+    return [hit_rank(r, t) for r, t in zip(ranked, targets, strict=True)]
+
+
+def _row_ndcg(ranks: Sequence[int | None], k: int) -> list[float]:
+    return [1.0 / math.log2(r + 2) if r is not None and r < k else 0.0 for r in ranks]
 
 
 def paired_bootstrap_ratio(

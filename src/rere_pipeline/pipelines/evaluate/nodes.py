@@ -132,6 +132,22 @@ def combine_reports(*reports: dict) -> dict:
     return combined
 
 
+# Where each kind of predictions keeps what the comparison reads (ours -> theirs).
+_LM_COLUMNS = {
+    "row": "row",
+    "user_id": "user_id",
+    "item_id": "target_item_id",
+    "target_title": "target_title",
+    "titles": "titles",
+}
+_SASREC_COLUMNS = {
+    **_LM_COLUMNS,
+    "item_id": "item_id",
+    "target_title": "item_title",
+    "titles": "ranked_titles",
+}
+
+
 def _rows_scored(
     name: str, predictions: pd.DataFrame, split: str, rows: pd.DataFrame
 ) -> pd.DataFrame | None:
@@ -145,30 +161,15 @@ def _rows_scored(
                 f"{name}_predictions has no 'row' column (written before it existed): "
                 "re-run its evaluate node"
             )
-        picked = predictions[predictions["split"] == split]
+        picked, columns = predictions[predictions["split"] == split], _LM_COLUMNS
         if picked.empty:
             return None
-        frame = pd.DataFrame(
-            {
-                "row": picked["row"].to_numpy(),
-                "user_id": picked["user_id"].to_numpy(),
-                "item_id": picked["target_item_id"].to_numpy(),
-                "target_title": picked["target_title"].to_numpy(),
-                "titles": picked["titles"].to_numpy(),
-            }
-        )
     elif split == "test":  # SASRec: evaluate_sasrec's test predictions
-        frame = pd.DataFrame(
-            {
-                "row": np.arange(len(predictions)),
-                "user_id": predictions["user_id"].to_numpy(),
-                "item_id": predictions["item_id"].to_numpy(),
-                "target_title": predictions["item_title"].to_numpy(),
-                "titles": predictions["ranked_titles"].to_numpy(),
-            }
-        )
+        picked = predictions.assign(row=np.arange(len(predictions)))
+        columns = _SASREC_COLUMNS
     else:
         return None
+    frame = pd.DataFrame({ours: picked[theirs].to_numpy() for ours, theirs in columns.items()})
     position = frame["row"].to_numpy()
     aligned = frame["row"].between(0, len(rows) - 1).all() and (
         (rows["user_id"].to_numpy()[position] == frame["user_id"].to_numpy()).all()
