@@ -235,7 +235,14 @@ def test_runs_with_the_same_row_parameters_share_the_filtered_rows(
             "item_title": targets,
         }
     )
-    train = pd.DataFrame({"user_id": range(n), "item_id": range(n), "history_item_id": [[1]] * n})
+    train = pd.DataFrame(
+        {
+            "user_id": range(n),
+            "item_id": range(n),
+            "history_item_id": [[1]] * n,
+            "timestamp": range(n),
+        }
+    )
     decoded = []
     filter_rows = rere.rows_with_target_in_group
 
@@ -268,6 +275,13 @@ def test_runs_with_the_same_row_parameters_share_the_filtered_rows(
     filtered(seed=1)
     filtered(num_generations=G - 1)
     assert decoded == [n, n, n]
+    # ``recent``: the newest rows first, so a budget smaller than the rows takes the newest
+    recent = filtered(row_order="recent")
+    assert list(recent["timestamp"]) == list(range(n - 1, -1, -1))
+    newest = filtered(row_order="recent", train_rows=3, informative_only=False)
+    assert list(newest["timestamp"]) == [n - 1, n - 2, n - 3]
+    with pytest.raises(ValueError, match="rere.row_order must be one of"):
+        filtered(row_order="newest")
 
 
 @pytest.mark.parametrize("sampling", ["sample", "dynamic"])

@@ -28,9 +28,21 @@ PLOTTED = (
 )
 
 
+ROW_ORDERS = ("random", "recent")
+
+
+def _row_order(params: dict) -> str:
+    """``rere.row_order``: ``random`` (seeded) or ``recent`` (newest target first)."""
+    order = params.get("row_order", "random")
+    if order not in ROW_ORDERS:
+        raise ValueError(f"rere.row_order must be one of {ROW_ORDERS}, not {order!r}")
+    return order
+
+
 def rl_rows(prompts_train: pd.DataFrame, train: pd.DataFrame, params: dict) -> pd.DataFrame:
-    """Prompt (text and ids), target title and history ids of the train rows (``train_rows`` of
-    them, sampled with the seed, when set: the CPU budget)."""
+    """Prompt (text and ids), target title, history ids and timestamp of the train rows
+    (``train_rows`` of them when set, the CPU budget: sampled with the seed, or the newest ones
+    under ``row_order: recent``)."""
     if not (
         (prompts_train["user_id"].values == train["user_id"].values).all()
         and (prompts_train["item_id"].values == train["item_id"].values).all()
@@ -42,8 +54,12 @@ def rl_rows(prompts_train: pd.DataFrame, train: pd.DataFrame, params: dict) -> p
             "prompt_ids": [list(map(int, p)) for p in prompts_train["prompt_ids"]],
             "item_title": prompts_train["item_title"].astype(str).values,
             "history_item_id": [list(map(int, h)) for h in train["history_item_id"]],
+            "timestamp": train["timestamp"].values,
         }
     )
+    if _row_order(params) == "recent":
+        rows = rows.sort_values("timestamp", ascending=False, kind="stable")
+        return rows.head(int(params["train_rows"])) if params.get("train_rows") else rows
     return checkpoints.seeded_sample(rows, params.get("train_rows"), params.get("seed", 0))
 
 
@@ -64,9 +80,11 @@ def informative_rows(
     advantage: its step moves nothing but the KL. Dropping those rows up front (DAPO's
     dynamic sampling, filtered once) spends every RL step on groups that teach. Rows are
     decoded in a seeded order until ``max_steps`` steps' worth are found (all rows when
-    ``max_steps`` is not set).
+    ``max_steps`` is not set); under ``row_order: recent`` newest first, so the budget goes to
+    the rows nearest the evaluation period.
     """
-    rows = rows.sample(frac=1.0, random_state=int(params.get("seed", 0)))
+    if _row_order(params) == "random":
+        rows = rows.sample(frac=1.0, random_state=int(params.get("seed", 0)))
     keep = rere.rows_with_target_in_group(
         model,
         rows["prompt_ids"].tolist(),
@@ -89,7 +107,7 @@ def informative_rows(
 
 # The parameters that decide which rows ReRe trains on (with the starting model and
 # ``rows_needed``).
-ROW_PARAMS = ("init", "train_rows", "seed", "informative_only", "num_generations")
+ROW_PARAMS = ("init", "train_rows", "row_order", "seed", "informative_only", "num_generations")
 
 
 def training_rows(
@@ -163,7 +181,9 @@ def reinforce(
         params.get("init", "sft"),
     )
     rows = training_rows(prompts_train, train, init.model, recommender, params, rows_cache)
-    dataset = Dataset.from_pandas(rows.drop(columns="prompt_ids").reset_index(drop=True))
+    dataset = Dataset.from_pandas(
+        rows.drop(columns=["prompt_ids", "timestamp"]).reset_index(drop=True)
+    )
     model, history, valid_history = rere.train_rere(
         init.model,
         init.tokenizer,
