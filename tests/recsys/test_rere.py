@@ -275,7 +275,7 @@ def test_runs_with_the_same_row_parameters_share_the_filtered_rows(
     filtered(seed=1)
     filtered(num_generations=G - 1)
     assert decoded == [n, n, n]
-    # ``recent``: the newest rows first, so a budget smaller than the rows takes the newest
+    # ``recent``: decoded newest first, and ``train_rows`` keeps the newest rows
     recent = filtered(row_order="recent")
     assert list(recent["timestamp"]) == list(range(n - 1, -1, -1))
     newest = filtered(row_order="recent", train_rows=3, informative_only=False)
