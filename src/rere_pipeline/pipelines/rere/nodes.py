@@ -31,18 +31,17 @@ PLOTTED = (
 ROW_ORDERS = ("random", "recent")
 
 
-def _row_order(params: dict) -> str:
-    """``rere.row_order``: ``random`` (seeded) or ``recent`` (newest target first)."""
-    order = params.get("row_order", "random")
-    if order not in ROW_ORDERS:
-        raise ValueError(f"rere.row_order must be one of {ROW_ORDERS}, not {order!r}")
-    return order
+def _budget_order(rows: pd.DataFrame, params: dict) -> pd.DataFrame:
+    """``rows`` in the order the RL budget takes them (``rere.row_order``): ``random``, a
+    permutation seeded with ``rere.seed``, or ``recent``, newest target first."""
+    if params.get("row_order", "random") == "recent":
+        return rows.sort_values("timestamp", ascending=False, kind="stable")
+    return rows.sample(frac=1.0, random_state=int(params.get("seed", 0)))
 
 
 def rl_rows(prompts_train: pd.DataFrame, train: pd.DataFrame, params: dict) -> pd.DataFrame:
     """Prompt (text and ids), target title, history ids and timestamp of the train rows
-    (``train_rows`` of them when set, the CPU budget: sampled with the seed, or the newest ones
-    under ``row_order: recent``)."""
+    (the first ``train_rows`` of them in ``_budget_order`` when set: the CPU budget)."""
     if not (
         (prompts_train["user_id"].values == train["user_id"].values).all()
         and (prompts_train["item_id"].values == train["item_id"].values).all()
@@ -57,10 +56,8 @@ def rl_rows(prompts_train: pd.DataFrame, train: pd.DataFrame, params: dict) -> p
             "timestamp": train["timestamp"].values,
         }
     )
-    if _row_order(params) == "recent":
-        rows = rows.sort_values("timestamp", ascending=False, kind="stable")
-        return rows.head(int(params["train_rows"])) if params.get("train_rows") else rows
-    return checkpoints.seeded_sample(rows, params.get("train_rows"), params.get("seed", 0))
+    limit = params.get("train_rows")
+    return _budget_order(rows, params).head(int(limit)) if limit else rows
 
 
 def rows_needed(params: dict) -> int | None:
@@ -79,12 +76,10 @@ def informative_rows(
     Under rule + ranking a group without its target has zero reward spread, hence zero GRPO
     advantage: its step moves nothing but the KL. Dropping those rows up front (DAPO's
     dynamic sampling, filtered once) spends every RL step on groups that teach. Rows are
-    decoded in a seeded order until ``max_steps`` steps' worth are found (all rows when
-    ``max_steps`` is not set); under ``row_order: recent`` newest first, so the budget goes to
-    the rows nearest the evaluation period.
+    decoded in ``_budget_order`` (seeded, or newest first: the rows nearest the evaluation
+    period) until ``max_steps`` steps' worth are found (all rows when ``max_steps`` is not set).
     """
-    if _row_order(params) == "random":
-        rows = rows.sample(frac=1.0, random_state=int(params.get("seed", 0)))
+    rows = _budget_order(rows, params)
     keep = rere.rows_with_target_in_group(
         model,
         rows["prompt_ids"].tolist(),
@@ -124,6 +119,9 @@ def training_rows(
     theirs), runs whose ``ROW_PARAMS`` and ``rows_needed`` agree reuse the rows instead of
     decoding them again.
     """
+    order = params.get("row_order", "random")
+    if order not in ROW_ORDERS:
+        raise ValueError(f"rere.row_order must be one of {ROW_ORDERS}, not {order!r}")
     key = (*(params.get(name) for name in ROW_PARAMS), rows_needed(params))
     if cache is not None and key in cache:
         return cache[key]
