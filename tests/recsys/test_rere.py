@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -318,6 +319,54 @@ def test_an_interrupted_rl_run_resumes_from_its_checkpoint(
     logged = lambda history: {h["step"]: h["loss"] for h in history if "loss" in h}  # noqa: E731
     assert {s: v for s, v in logged(second).items() if s <= 2} == logged(first)
     assert max(logged(second)) == 4
+
+
+class _ScriptedValid(rere.ValidNDCGCallback):
+    """A valid callback whose per-row NDCG@10 at each scoring is given, not decoded."""
+
+    def __init__(self, scores):
+        super().__init__([[1]], ["t"], None, [], every=1)
+        self.scripted = iter(scores)
+
+    def score(self, model):
+        self.last_rows = np.asarray(next(self.scripted), float)
+        return {"valid_ndcg_at_10": self.last_rows.mean(), "valid_hr_at_10": 0.0}
+
+
+def _kept_step(scores, confidence):
+    """Score a one-weight model at steps 0, 1, 2 (its weight = the step) against ``scores``;
+    returns the step ``restore_best`` reports and the weight the model ends with."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    callback = _ScriptedValid(scores)
+    for step in range(len(scores)):
+        with torch.no_grad():
+            model.weight.fill_(step)
+        callback._record(step, model)
+    step = callback.restore_best(model, confidence)
+    assert [h["step"] for h in callback.history if h.get("kept")] == [step]
+    return step, int(model.weight.item())
+
+
+def test_keep_best_undoes_a_collapse_but_not_a_near_tie():
+    rng = np.random.default_rng(0)
+    before, final = [(rng.random(1000) < share) * 0.5 for share in (0.10, 0.15)]  # 0.5 per hit
+
+    def changed(rows, gained, lost):  # ``rows`` with some misses turned into hits and back
+        out = rows.copy()
+        out[rng.choice(np.flatnonzero(rows == 0), gained, replace=False)] = 0.5
+        out[rng.choice(np.flatnonzero(rows > 0), lost, replace=False)] = 0.0
+        return out
+
+    near = changed(final, gained=12, lost=6)  # 6 hits more of ~150: differs on 18 rows only
+    collapsed = changed(final, gained=0, lost=75)
+    # the sample ranks step 1 first by a few rows: noise, so the final weights stay
+    assert _kept_step([before, near, final], confidence=0.95) == (2, 2)
+    # ... unless no confidence is asked for: then the best scoring step always wins
+    assert _kept_step([before, near, final], confidence=0.0) == (1, 1)
+    # a collapse at the final step is undone: the weights go back to the best step
+    assert _kept_step([before, final, collapsed], confidence=0.95) == (1, 1)
+    # the final step being the best needs no comparison
+    assert _kept_step([before, collapsed, final], confidence=0.95) == (2, 2)
 
 
 def test_plain_lm_head_gives_trls_log_probabilities(recommender, tiny_backbone, dataset, tmp_path):

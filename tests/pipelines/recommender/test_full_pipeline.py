@@ -75,6 +75,7 @@ def test_full_run_is_tracked_in_mlflow(full_run):
     ):
         assert f"metrics.{metric}" in run, metric
     assert run["metrics.rere.rere/train_rows"] == 32  # conf/test's rere.train_rows, unfiltered
+    assert run["metrics.rere.rere/kept_step"] in {0, 2, 4}  # a scored step (eval_steps 2 of 4)
     assert run["params.sft.learning_rate"] == "0.003"
 
 

@@ -203,6 +203,8 @@ def reinforce(
         {"value": h["valid_ndcg_at_10"], "step": h["step"]} for h in valid_history
     ]
     metrics["rere/train_rows"] = [{"value": float(len(rows)), "step": 0}]  # after the filter
+    kept = [h["step"] for h in valid_history if h.get("kept")] or [valid_history[-1]["step"]]
+    metrics["rere/kept_step"] = [{"value": float(kept[0]), "step": 0}]  # keep_best's choice
     return Backbone(init.tokenizer, model), metrics, training_figure(metrics)
 
 
@@ -229,6 +231,10 @@ def training_figure(metrics: dict) -> Figure:
                 )
         if key == "rewards/" and names:
             ax.legend()
+        if key == "valid_ndcg_at_10" and metrics.get("rere/kept_step"):  # keep_best's choice
+            kept = metrics["rere/kept_step"][0]["value"]
+            ax.axvline(kept, color="grey", ls="--")
+            ax.annotate("kept", (kept, 0.02), xycoords=("data", "axes fraction"))
         ax.set(title=title, xlabel="step")
         ax.grid(alpha=0.3)
     for ax in axes[len(panels) :]:
