@@ -396,7 +396,7 @@ class ValidNDCGCallback(TrainerCallback):
         if self.history and self.history[-1]["step"] != state.global_step:
             self._record(state.global_step, model)  # the final weights are always scored
 
-    def restore_best(self, model, confidence: float = 0.0) -> int:
+    def restore_best(self, model, confidence: float) -> int:
         """Load the best weights seen into ``model`` unless the final ones are as good within
         noise; returns the step of the weights ``model`` ends with (and marks it ``kept`` in
         ``history``).
