@@ -43,7 +43,7 @@ import torch
 from transformers import DynamicCache, TrainerCallback
 
 from rere_pipeline.recsys.decoding import Group, constrained_beam_search, constrained_sampling
-from rere_pipeline.recsys.metrics import ndcg_per_row, paired_bootstrap_ratio, ranking_metrics
+from rere_pipeline.recsys.metrics import ndcg_per_row, paired_bootstrap_ratio
 from rere_pipeline.recsys.sft import lora_config, released, runs_on_cuda, uses_plain_head
 from rere_pipeline.recsys.trie import ItemTrie
 
@@ -358,9 +358,11 @@ class ValidNDCGCallback(TrainerCallback):
             pad_token_id=self.pad_token_id,
         )
         ranked = [[self.title_of_item[i] for i in g.items] for g in groups]
-        metrics = ranking_metrics(ranked, self.targets, [10])
-        self.last_rows = ndcg_per_row(ranked, self.targets, 10)
-        return {"valid_ndcg_at_10": metrics["NDCG@10"], "valid_hr_at_10": metrics["HR@10"]}
+        rows = self.last_rows = ndcg_per_row(ranked, self.targets, 10)  # 0 exactly for a miss
+        return {
+            "valid_ndcg_at_10": sum(rows.tolist()) / len(rows),  # as ``ranking_metrics`` sums
+            "valid_hr_at_10": int((rows > 0).sum()) / len(rows),
+        }
 
     def _record(self, step: int, model) -> dict[str, float]:
         metrics = self.score(model)
@@ -409,21 +411,20 @@ class ValidNDCGCallback(TrainerCallback):
         if not self.history:
             return 0
         step = self.history[-1]["step"]  # the final weights, always scored
-        if self.best_state is not None and self.best_step != step:
-            if self._better_than_final(confidence):
-                model.load_state_dict(self.best_state)
-                step = self.best_step
+        if self.best_step != step and self._better_than_final(step, confidence):
+            model.load_state_dict(self.best_state)
+            step = self.best_step
         next(h for h in self.history if h["step"] == step)["kept"] = True
         return step
 
-    def _better_than_final(self, confidence: float) -> bool:
+    def _better_than_final(self, final_step: int, confidence: float) -> bool:
         if not confidence:
             return True
         gap = paired_bootstrap_ratio(self.best_rows, self.last_rows, confidence=confidence, seed=0)
         log.info(
             "ReRe: valid NDCG@10 of step %d / final step %d = %.3f (%d%% interval %.3f - %.3f)",
             self.best_step,
-            self.history[-1]["step"],
+            final_step,
             gap["ratio"],
             round(confidence * 100),
             gap["low"],
