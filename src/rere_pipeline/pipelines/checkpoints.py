@@ -1,9 +1,10 @@
 """Training helpers shared by the ``sft`` and ``rere`` pipelines: resumable directories,
 seeded row samples and TRL log histories as MLflow series.
 
-A directory of trainer checkpoints is stamped with a fingerprint of the run (parameters and
-data): a killed run with the same fingerprint resumes from its newest checkpoint, a changed
-run starts afresh instead of resuming someone else's state.
+A directory of trainer checkpoints is stamped with a fingerprint of the run (parameters, data
+and the weights it starts from): a killed run with the same fingerprint resumes from its newest
+checkpoint, a changed run starts afresh instead of resuming someone else's state (a re-trained
+SFT model, or a retrain cycle whose champion changed, makes a new start).
 """
 
 from __future__ import annotations
@@ -15,18 +16,30 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 log = logging.getLogger(__name__)
 
 
-def fingerprint(params: dict, prompts: pd.DataFrame) -> str:
-    """Hash of the parameters, the row count and the first prompt's tokens."""
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's parameters and buffers (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def fingerprint(params: dict, prompts: pd.DataFrame, start: torch.nn.Module) -> str:
+    """Hash of the parameters, the row count, the first prompt's tokens and the starting
+    weights."""
     return hashlib.sha256(
         json.dumps(
             {
                 "params": params,
                 "rows": len(prompts),
                 "first": list(map(int, prompts["input_ids"].iloc[0])),
+                "start": weights_digest(start),
             },
             sort_keys=True,
             default=str,

@@ -167,7 +167,7 @@ def reinforce(
     output_dir = Path(params["output_dir"])
     resume = checkpoints.prepare(
         output_dir,
-        checkpoints.fingerprint(params, prompts_train),
+        checkpoints.fingerprint(params, prompts_train, init.model),
         resume=bool(params.get("resume", True)),
     )
     log.info(

@@ -31,7 +31,8 @@ def fine_tune(
     files (a note when LoRA is off)."""
     valid = checkpoints.seeded_sample(prompts_valid, params["valid_rows"], params.get("seed", 0))
     output_dir = Path(params["output_dir"])
-    checkpoints.prepare(output_dir, checkpoints.fingerprint(params, prompts_train), resume=False)
+    stamp = checkpoints.fingerprint(params, prompts_train, backbone.model)
+    checkpoints.prepare(output_dir, stamp, resume=False)
     model, history, adapter = sft.train_sft(
         backbone.model,
         backbone.tokenizer,
