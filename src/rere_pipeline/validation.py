@@ -424,7 +424,7 @@ def validate_file(
 
     bad = sorted(broken)
     outcome.clean = raw.drop(index=bad)
-    outcome.quarantine = _quarantine_rows(raw, bad, broken, source)
+    outcome.quarantine = quarantine_rows(raw, bad, broken, source)
     share = len(bad) / len(raw) if len(raw) else 0.0
     if share > limits.max_bad_fraction:
         worst = max(outcome.rule_counts.items(), key=lambda kv: kv[1]["rows"])
@@ -460,7 +460,7 @@ def _empty_quarantine(raw: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(columns=[*QUARANTINE_COLUMNS, *raw.columns])
 
 
-def _quarantine_rows(
+def quarantine_rows(
     raw: pd.DataFrame, bad: list[int], broken: dict[int, list[Rule]], source: str
 ) -> pd.DataFrame:
     if not bad:

@@ -50,7 +50,9 @@ def test_the_store_ingests_each_file_once_whatever_its_name(tmp_path):
     assert [f.path.name for f in files] == ["items_new.csv", "day1.csv"]  # catalogue first
 
     limits = validation.Limits.from_params({"max_bad_fraction": 0.5})
-    batch = retrain.validate_new_files(files, store.catalogue(CATALOGUE), limits)
+    batch = retrain.validate_new_files(
+        files, store.catalogue(CATALOGUE), limits, tmp_path / "quarantine"
+    )
     assert batch.new_events == 3 and not batch.quarantine
     store.commit(batch)
     assert len(store.events()) == 4  # (u, 2, 20) was already stored: kept once
@@ -62,21 +64,80 @@ def test_the_store_ingests_each_file_once_whatever_its_name(tmp_path):
 
 
 def test_bad_rows_are_quarantined_and_a_fatal_file_stops_everything(tmp_path):
-    drop = tmp_path / "new_logs"
+    drop, quarantine_dir = tmp_path / "new_logs", tmp_path / "quarantine"
     drop.mkdir()
     rows = [("u", str(1 + i % 4), str(T0 + i)) for i in range(9)] + [("u", "77", str(T0))]
     pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(
         drop / "a.csv", index=False
     )
     limits = validation.Limits.from_params({"max_bad_fraction": 0.2})
-    batch = retrain.validate_new_files(_new(drop / "a.csv"), CATALOGUE, limits)
+    batch = retrain.validate_new_files(_new(drop / "a.csv"), CATALOGUE, limits, quarantine_dir)
     [(name, quarantine)] = batch.quarantine.items()
     assert name.startswith("a-") and quarantine["rules"].tolist() == ["item_id.in_catalogue"]
     assert quarantine["source_line"].tolist() == [11] and batch.new_events == 9
+    assert pd.read_csv(quarantine_dir / f"{name}.csv")["item_id"].tolist() == [77]
 
     pd.DataFrame({"user_id": ["u"], "item_id": ["1"]}).to_csv(drop / "b.csv", index=False)
     with pytest.raises(validation.DataValidationError, match="b.csv: required column 'timestamp'"):
-        retrain.validate_new_files(_new(drop / "b.csv"), CATALOGUE, limits)
+        retrain.validate_new_files(_new(drop / "b.csv"), CATALOGUE, limits, quarantine_dir)
+
+
+def test_a_fatal_file_still_leaves_its_bad_rows_in_the_quarantine(tmp_path):
+    drop, quarantine_dir = tmp_path / "new_logs", tmp_path / "quarantine"
+    drop.mkdir()
+    rows = [("u", "1", str(T0 + i)) for i in range(5)] + [("u", "77", str(T0))] * 5
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(
+        drop / "c.csv", index=False
+    )
+    limits = validation.Limits.from_params({"max_bad_fraction": 0.2})
+    with pytest.raises(validation.DataValidationError, match="c.csv: 5 of 10 rows"):
+        retrain.validate_new_files(_new(drop / "c.csv"), CATALOGUE, limits, quarantine_dir)
+    [written] = quarantine_dir.glob("c-*.csv")
+    saved = pd.read_csv(written)
+    assert saved["source_line"].tolist() == [7, 8, 9, 10, 11]
+    assert set(saved["rules"]) == {"item_id.in_catalogue"}
+
+
+def test_null_cells_of_a_parquet_log_break_the_rules_like_empty_csv_cells(tmp_path):
+    drop = tmp_path / "new_logs"
+    drop.mkdir()
+    frame = pd.DataFrame(
+        {
+            "user_id": ["u", None, "v", "w"],
+            "item_id": pd.array([1, 2, None, 3], dtype="Int64"),
+            "timestamp": [T0, T0 + 1, T0 + 2, T0 + 3],
+        }
+    )
+    frame.to_parquet(drop / "d.parquet", index=False)
+    limits = validation.Limits.from_params({"max_bad_fraction": 0.5})
+    batch = retrain.validate_new_files(
+        _new(drop / "d.parquet"), CATALOGUE, limits, tmp_path / "quarantine"
+    )
+    [quarantine] = batch.quarantine.values()
+    assert quarantine["source_row"].tolist() == [1, 2]
+    assert quarantine["rules"].tolist()[0] == "user_id.non_empty"
+    assert "item_id.integer" in quarantine["rules"].tolist()[1]
+    assert batch.new_events == 2
+
+
+def test_a_catalogue_drop_cannot_retitle_a_known_item(tmp_path):
+    drop = tmp_path / "new_logs"
+    drop.mkdir()
+    pd.DataFrame({"item_id": ["2", "3", "5"], "title": ["B corrected", "C", "E"]}).to_csv(
+        drop / "items_fix.csv", index=False
+    )
+    limits = validation.Limits.from_params({"max_bad_fraction": 0.5})
+    batch = retrain.validate_new_files(
+        _new(drop / "items_fix.csv"), CATALOGUE, limits, tmp_path / "quarantine"
+    )
+    [quarantine] = batch.quarantine.values()
+    assert quarantine["rules"].tolist() == ["item_id.known_title"]
+    assert quarantine["source_line"].tolist() == [2] and quarantine["title"].tolist() == [
+        "B corrected"
+    ]
+    [additions] = batch.items.values()
+    assert additions["item_id"].tolist() == [5]  # "C" is known as it is: nothing new
+    assert batch.files[0]["accepted"] == 1 and batch.files[0]["quarantined"] == 1
 
 
 def test_a_held_lock_refuses_a_second_retrain(tmp_path):

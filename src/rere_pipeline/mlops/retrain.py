@@ -69,7 +69,9 @@ def read_log(path: Path) -> pd.DataFrame:
     """A dropped file with every cell as text (validation checks the types), its source named."""
     try:
         if path.name.endswith(".parquet"):
-            frame = pd.read_parquet(path).astype(str)
+            frame = pd.read_parquet(path)
+            # a null cell becomes "" as in a CSV (not NaN, which the text rules skip)
+            frame = frame.astype(object).where(frame.notna(), "").astype(str)
         else:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as exc:  # pandas and pyarrow raise many types for a corrupt file
@@ -178,12 +180,18 @@ class EventStore:
 
 
 def validate_new_files(
-    files: list[NewFile], catalogue: pd.DataFrame, limits: validation.Limits
+    files: list[NewFile],
+    catalogue: pd.DataFrame,
+    limits: validation.Limits,
+    quarantine_dir: str | Path,
 ) -> Batch:
     """Validate every file with the project's Great Expectations suites.
 
-    Bad rows go to the batch's quarantine with the rules they broke; a file that is fatal
-    (missing column, too many bad rows, unreadable) stops everything with that file named.
+    Bad rows go to the batch's quarantine with the rules they broke, written to
+    ``quarantine_dir`` (one CSV per file) before anything can stop the cycle; a file that is
+    fatal (missing column, too many bad rows, unreadable) then stops everything with that file
+    named. A catalogue row whose ``item_id`` is already known under another title is
+    quarantined (rule ``item_id.known_title``): ids are never re-titled by a log drop.
     """
     batch = Batch()
     known = catalogue[["item_id", "title"]]
@@ -194,6 +202,8 @@ def validate_new_files(
         name = f"{path.name.split('.')[0]}-{digest[:8]}"
         if is_catalogue_file(path):
             outcome = validation.validate_catalogue(raw, limits)
+            if not outcome.fatal:
+                _quarantine_retitled(outcome, raw, known)
             outcome.quarantine = outcome.quarantine.assign(
                 source_line=outcome.quarantine["source_row"] + 2  # these files have a header
             )
@@ -223,8 +233,41 @@ def validate_new_files(
                 "processed_at": datetime.now(tz=UTC).isoformat(timespec="seconds"),
             }
         )
+    save_quarantine(batch, Path(quarantine_dir))
     validation.raise_if_fatal(validation.combined_report(outcomes, limits))
     return batch
+
+
+def _quarantine_retitled(
+    outcome: validation.FileValidation, raw: pd.DataFrame, known: pd.DataFrame
+) -> None:
+    """Move the clean catalogue rows that give a known ``item_id`` another title to the
+    quarantine; drop those that repeat a known item exactly (nothing new in them)."""
+    titles = dict(zip(known["item_id"].astype(int), known["title"].astype(str), strict=True))
+    clean = outcome.clean
+    old = clean["item_id"].map(titles)
+    retitled = clean.index[old.notna() & (old != clean["title"])].tolist()
+    if retitled:
+        rule = validation.Rule("item_id.known_title", "item_id", lambda: None)
+        moved = validation.quarantine_rows(
+            raw.reset_index(drop=True), retitled, {i: [rule] for i in retitled}, outcome.source
+        )
+        outcome.quarantine = pd.concat([outcome.quarantine, moved], ignore_index=True)
+        outcome.rule_counts[rule.name] = {"column": rule.column, "rows": len(retitled)}
+        log.warning(
+            "%s: %d row(s) give a known item_id another title (rule %s): quarantined",
+            outcome.source,
+            len(retitled),
+            rule.name,
+        )
+    outcome.clean = clean[old.isna()]
+
+
+def save_quarantine(batch: Batch, folder: Path) -> None:
+    for name, rows in batch.quarantine.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        rows.to_csv(folder / f"{name}.csv", index=False)
+        log.warning("%d row(s) of %s quarantined in %s", len(rows), name, folder / f"{name}.csv")
 
 
 def moved_splits(

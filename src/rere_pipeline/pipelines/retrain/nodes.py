@@ -53,8 +53,9 @@ def retrain_cycle(
         names = [f.path.name for f in files]
         log.info("retrain: %d new file(s): %s", len(files), names)
         limits = validation.Limits.from_params(data_params["validation"])
-        batch = retrain.validate_new_files(files, store.catalogue(catalogue), limits)
-        _save_quarantine(batch, Path(params["quarantine_dir"]))
+        batch = retrain.validate_new_files(
+            files, store.catalogue(catalogue), limits, params["quarantine_dir"]
+        )
         if not batch.new_events:
             raise validation.DataValidationError(
                 f"retrain: none of {names} holds a valid new event"
@@ -150,13 +151,6 @@ def retrain_cycle(
         "challenger_version": version,
         "decision": registry.decision_report(decision),
     }
-
-
-def _save_quarantine(batch: retrain.Batch, folder: Path) -> None:
-    for name, rows in batch.quarantine.items():
-        folder.mkdir(parents=True, exist_ok=True)
-        rows.to_csv(folder / f"{name}.csv", index=False)
-        log.warning("%d row(s) of %s quarantined in %s", len(rows), name, folder / f"{name}.csv")
 
 
 def _log_metrics(scores: dict, sft_history: dict, rere_history: dict) -> None:
