@@ -52,6 +52,24 @@ def test_sft_changes_the_model_and_logs_losses(tiny_backbone, pairs, tmp_path):
     assert any("eval_loss" in h for h in history) and any("loss" in h for h in history)
 
 
+def test_half_precision_weights_train_in_float32_and_come_back_in_their_dtype(
+    tiny_backbone, pairs, tmp_path
+):
+    layer = torch.nn.Linear(2, 2).to(torch.bfloat16)
+    assert sft.float32_master(layer, lora=False) == torch.bfloat16
+    assert layer.weight.dtype == torch.float32
+    adapted = torch.nn.Linear(2, 2).to(torch.bfloat16)
+    assert sft.float32_master(adapted, lora=True) == torch.bfloat16
+    assert adapted.weight.dtype == torch.bfloat16  # LoRA: frozen weights stay as they are
+
+    model = copy.deepcopy(tiny_backbone.model).to(torch.bfloat16)
+    before = _weights(model)
+    trained, history, _ = _fit(tiny_backbone, pairs, {**PARAMS, "max_steps": 2}, tmp_path, model)
+    assert {v.dtype for v in trained.state_dict().values()} == {torch.bfloat16}
+    assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items())
+    assert any("loss" in h for h in history)
+
+
 def test_a_copy_of_the_trained_model_runs_its_own_weights(tiny_backbone, pairs, tmp_path):
     # TRL patches the model's forward with a closure over the original object; a deep copy
     # (``reinforce`` trains one) must not silently run the original's weights.

@@ -282,6 +282,7 @@ def _search_batch(
         attention_mask=mask,
         position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
         use_cache=True,
+        logits_to_keep=1,  # the last position only, not vocabulary x every prompt token (GBs)
     )
     cache, logits = out.past_key_values, out.logits[:, -1, :]
     clock = timings.add("prefill", clock)

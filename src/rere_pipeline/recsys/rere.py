@@ -44,7 +44,13 @@ from transformers import DynamicCache, TrainerCallback
 
 from rere_pipeline.recsys.decoding import Group, constrained_beam_search, constrained_sampling
 from rere_pipeline.recsys.metrics import ndcg_per_row, paired_bootstrap_ratio
-from rere_pipeline.recsys.sft import lora_config, released, runs_on_cuda, uses_plain_head
+from rere_pipeline.recsys.sft import (
+    float32_master,
+    lora_config,
+    released,
+    runs_on_cuda,
+    uses_plain_head,
+)
 from rere_pipeline.recsys.trie import ItemTrie
 
 log = logging.getLogger(__name__)
@@ -558,8 +564,10 @@ def train_rere(
         collapse_ratio=float(params.get("collapse_ratio", 0.5)),
         on_score=on_score,
     )
+    policy = copy.deepcopy(model)
+    stored = float32_master(policy, lora=bool(params.get("lora", {}).get("enabled")))
     trainer = build_trainer(
-        copy.deepcopy(model),
+        policy,
         tokenizer,
         dataset,
         reward_funcs,
@@ -578,4 +586,4 @@ def train_rere(
         log.info("ReRe: ending with the weights of step %d", kept)
     if hasattr(trained, "merge_and_unload"):
         trained = trained.merge_and_unload()
-    return released(trained), trainer.state.log_history, callback.history
+    return released(trained.to(stored)), trainer.state.log_history, callback.history

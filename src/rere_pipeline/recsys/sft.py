@@ -82,6 +82,21 @@ def released(model):
     return model.eval()
 
 
+def float32_master(model, lora: bool) -> torch.dtype:
+    """Cast a half-precision ``model`` to float32 for a full fine-tune; returns the dtype it
+    was stored in, to cast back to once training ends.
+
+    AdamW updates to bf16 weights are lost below their rounding step (8 mantissa bits:
+    ``bf16(0.03) + 1e-5 == 0.03``), so at the paper's lr 1e-5 most weights would never move.
+    Training keeps float32 master weights and the trainer's ``bf16`` autocast (CUDA) supplies
+    the speed. LoRA trains float32 adapters on frozen weights and needs no cast."""
+    dtype = next(model.parameters()).dtype
+    if not lora and dtype in (torch.bfloat16, torch.float16):
+        log.info("%s weights: training float32 master weights, saved back as %s", dtype, dtype)
+        model.float()
+    return dtype
+
+
 def lora_config(params: dict):
     from peft import LoraConfig
 
@@ -158,6 +173,7 @@ def train_sft(
         disable_tqdm=not params.get("progress", True),
     )
     peft_config = lora_config(params["lora"]) if params.get("lora", {}).get("enabled") else None
+    stored = float32_master(model, lora=peft_config is not None)
     trainer = (_plain_head_trainer() if uses_plain_head(params, use_cuda) else SFTTrainer)(
         model=model,
         args=args,
@@ -180,4 +196,4 @@ def train_sft(
     if peft_config is not None:
         adapter = adapter_files(trained)
         trained = trained.merge_and_unload()
-    return released(trained), trainer.state.log_history, adapter
+    return released(trained.to(stored)), trainer.state.log_history, adapter
