@@ -33,13 +33,16 @@ noise (``keep_best_confidence``: a paired bootstrap over the valid rows).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import DynamicCache, TrainerCallback
 
 from rere_pipeline.recsys.decoding import Group, constrained_beam_search, constrained_sampling
@@ -321,8 +324,12 @@ class ValidNDCGCallback(TrainerCallback):
 
     Keeps a CPU copy of the best weights and stops training when NDCG@10 falls below
     ``collapse_ratio`` times the value before RL. ``restore_best`` decides, at the end, whether
-    those weights replace the final ones.
+    those weights replace the final ones. Every trainer checkpoint also holds this state (the
+    scores so far and the best weights), so a resumed run still compares with the score before
+    RL and can still go back to a best step taken before the interruption: ``resume`` it.
     """
+
+    STATE_FILE, BEST_FILE = "valid_ndcg_state.json", "valid_ndcg_best.safetensors"
 
     def __init__(
         self,
@@ -385,6 +392,42 @@ class ValidNDCGCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not self.history:
             self._record(state.global_step, model)
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not folder.is_dir() or self.best_state is None:
+            return
+        save_file({k: v.contiguous() for k, v in self.best_state.items()}, folder / self.BEST_FILE)
+        rows = {"best_rows": self.best_rows, "last_rows": self.last_rows}
+        (folder / self.STATE_FILE).write_text(
+            json.dumps(
+                {
+                    "history": self.history,
+                    "best_step": self.best_step,
+                    **{k: None if v is None else v.tolist() for k, v in rows.items()},
+                }
+            )
+        )
+
+    def resume(self, checkpoint: str | None) -> None:
+        """Take up the scores and best weights saved with ``checkpoint`` (before training)."""
+        folder = Path(checkpoint) if checkpoint else None
+        if folder is None or not (folder / self.STATE_FILE).exists():
+            if folder is not None:
+                log.warning("%s holds no valid scores: the resumed run scores afresh", folder)
+            return
+        saved = json.loads((folder / self.STATE_FILE).read_text())
+        self.history, self.best_step = saved["history"], int(saved["best_step"])
+        self.best_rows, self.last_rows = (
+            None if saved[k] is None else np.asarray(saved[k], float)
+            for k in ("best_rows", "last_rows")
+        )
+        self.best_state = load_file(folder / self.BEST_FILE)
+        log.info(
+            "resumed valid scores of steps %s (best: step %d)",
+            [h["step"] for h in self.history],
+            self.best_step,
+        )
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every:
@@ -578,7 +621,7 @@ def train_rere(
         output_dir,
         callbacks=[callback],
     )
-    callback.bind(trainer)
+    callback.bind(trainer).resume(resume_from_checkpoint)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     trained = trainer.model
     if params.get("keep_best", True):
