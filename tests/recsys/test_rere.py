@@ -121,6 +121,28 @@ def test_group_generation_is_the_constrained_beam_search(
         trainer._generate_single_turn(prompts, None, {}, G)
 
 
+def test_rl_prompts_are_encoded_as_sft_and_evaluation_encode_them(
+    recommender, tiny_backbone, dataset, rows, tmp_path
+):
+    from tokenizers.processors import TemplateProcessing
+
+    trainer = _trainer(recommender, tiny_backbone, dataset, tmp_path)
+    bos = tiny_backbone.tokenizer.pad_token  # any token will do
+    trainer.processing_class = copy.deepcopy(tiny_backbone.tokenizer)
+    trainer.processing_class._tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A",
+        special_tokens=[(bos, tiny_backbone.tokenizer.pad_token_id)],
+    )
+    histories, _ = rows
+    texts = dataset["prompt"][:3]
+    assert (
+        trainer.processing_class(text=texts)["input_ids"][0][0]
+        == tiny_backbone.tokenizer.pad_token_id
+    )
+    ids, images, fields = trainer._tokenize_prompts(texts)
+    assert ids == recommender.prompt_ids(histories[:3]) and images is None and fields == {}
+
+
 def test_dynamic_group_keeps_target_copies_and_fills_with_frequent_negatives():
     drawn = Group(
         items=[5, 7, 5, 9, 7, 7],

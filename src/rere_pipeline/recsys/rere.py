@@ -252,6 +252,14 @@ def _grpo_trainer_class():
                 compute_entropy,
             )
 
+        def _tokenize_prompts(self, prompts: list):
+            if not all(isinstance(p, str) for p in prompts):
+                return super()._tokenize_prompts(prompts)
+            # as SFT, evaluation and the row filter encode them (``prompts.encode``): without
+            # the special tokens a BOS-adding tokenizer would put in front of every RL prompt
+            ids = self.processing_class(text=prompts, add_special_tokens=False)["input_ids"]
+            return ids, None, {}
+
         def _generate_and_score_completions(self, inputs):
             self._batch_targets = [str(x["item_title"]) for x in inputs]
             return super()._generate_and_score_completions(inputs)
