@@ -34,8 +34,9 @@ class StageRunsHook:
     metrics and artifacts its outputs log land there; once the node's last output is saved the
     child is closed again and the parent is active, as kedro-mlflow expects. Each closed child's
     latest metric values are copied to the parent, so the parent alone answers "how did this run
-    do". A failing node leaves its child active: kedro-mlflow's error hook then marks it and the
-    parent FAILED.
+    do". The child becomes active before the node's first input is loaded, so a failing load
+    fails the stage as a failing node does: either leaves the child active, and kedro-mlflow's
+    error hook then marks it and the parent FAILED.
     """
 
     def __init__(self, stages: tuple[str, ...] | None = None):
@@ -56,12 +57,21 @@ class StageRunsHook:
         self._children, self._copied, self._pending, self._stage = {}, {}, set(), None
 
     @hook_impl
+    def before_dataset_loaded(self, dataset_name, node) -> None:
+        self._enter(node)
+
+    @hook_impl
     def before_node_run(self, node, catalog, inputs, is_async) -> None:
+        self._enter(node)  # a node without inputs enters here
+        if self._stage is not None and not self._pending:
+            self._close()
+
+    def _enter(self, node) -> None:
+        """Make the node's stage run the active one (once per node)."""
         import mlflow
 
-        parent = mlflow.active_run()
         stage = self._stage_of(node)
-        if parent is None or stage is None:
+        if mlflow.active_run() is None or stage is None or self._stage is not None:
             return
         if stage in self._children:
             mlflow.start_run(run_id=self._children[stage], nested=True)
@@ -70,8 +80,6 @@ class StageRunsHook:
             self._children[stage] = child.info.run_id
         self._stage = stage
         self._pending = set(node.outputs)
-        if not self._pending:
-            self._close()
 
     @hook_impl
     def after_dataset_saved(self, dataset_name, data, node) -> None:

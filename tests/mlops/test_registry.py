@@ -185,3 +185,14 @@ def test_champion_is_served_over_http(store, tiny_backbone, small_catalogue, tem
     [prediction] = answer["predictions"]
     assert len(prediction["item_ids"]) == len(set(prediction["titles"])) == 4
     assert set(prediction["item_ids"]) <= set(ids)
+
+
+def test_a_model_is_not_registered_with_the_scores_of_other_weights(tiny_backbone):
+    from rere_pipeline.pipelines.registry.nodes import register_challenger
+
+    valid = {"NDCG@10": 0.1, "rows_fingerprint": "f", "rows": 5, "weights_sha256": "0" * 64}
+    params = {"model": "rere", "model_name": "never-registered"}
+    with pytest.raises(ValueError, match="scored other weights than the rere model"):
+        register_challenger(
+            tiny_backbone, tiny_backbone, None, None, {"rere": {"valid": valid}}, params, {}, {}
+        )

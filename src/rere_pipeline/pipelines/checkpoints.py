@@ -18,16 +18,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from rere_pipeline.recsys.backbone import weights_digest
+
 log = logging.getLogger(__name__)
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of a model's parameters and buffers (names, dtypes, shapes and bytes)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 def fingerprint(params: dict, prompts: pd.DataFrame, start: torch.nn.Module) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from rere_pipeline.mlops.registry import rows_fingerprint
-from rere_pipeline.recsys.backbone import Backbone
+from rere_pipeline.recsys.backbone import Backbone, weights_digest
 from rere_pipeline.recsys.decoding import DecodeTimings
 from rere_pipeline.recsys.metrics import ndcg_per_row, paired_bootstrap_ratio, ranking_metrics
 from rere_pipeline.recsys.prompts import PromptTemplate
@@ -37,6 +37,7 @@ def evaluate_lm(
         length_penalty=float(params.get("length_penalty", 0.0)),
     )
     known = set(catalogue["title"].astype(str))
+    digest = weights_digest(backbone.model)  # registering checks it scored these weights
     ks = [int(k) for k in params["ks"]]
     report, predictions = {}, []
     for split, prompts in splits.items():
@@ -56,6 +57,7 @@ def evaluate_lm(
             "valid_fraction": sum(t in known for t in returned) / max(1, len(returned)),
             "beam_width": int(params["beam_width"]),
             "rows_fingerprint": rows_fingerprint(prompts, int(params["beam_width"])),
+            "weights_sha256": digest,
             **ranking_metrics([r.titles for r in recs], prompts["item_title"].tolist(), ks),
             "users_per_second": len(prompts) / seconds,
         }

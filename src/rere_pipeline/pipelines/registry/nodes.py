@@ -8,7 +8,7 @@ import pandas as pd
 
 from rere_pipeline.mlops import registry, serving
 from rere_pipeline.pipelines.evaluate.nodes import scored_rows
-from rere_pipeline.recsys.backbone import Backbone
+from rere_pipeline.recsys.backbone import Backbone, weights_digest
 from rere_pipeline.recsys.prompts import PromptTemplate
 
 log = logging.getLogger(__name__)
@@ -30,9 +30,15 @@ def register_challenger(
     model = {"rere": rere_model, "sft": sft_model}.get(which)
     if model is None:
         raise ValueError(f"registry.model must be 'rere' or 'sft', not {which!r}")
-    scores = evaluation[which]
+    scores = evaluation.get(which, {})
     if "valid" not in scores:
         raise ValueError(f"evaluation.json has no valid scores for {which!r}: run evaluate first")
+    if scores["valid"].get("weights_sha256") != weights_digest(model.model):
+        raise ValueError(
+            f"evaluation.json scored other weights than the {which} model now on disk (it was "
+            "trained again, e.g. by tune, after evaluate): run `kedro run --pipelines=evaluate` "
+            "before registering, so that the version is tagged with its own scores"
+        )
     tags = {"source_model": which, **score_tags(scores)}
     version, model_uri = register_model(
         model,
