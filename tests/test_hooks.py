@@ -17,28 +17,33 @@ def tracking(tmp_path):
     mlflow.set_tracking_uri(previous)
 
 
-def test_a_stage_run_is_active_from_its_nodes_first_input_load(tracking):
+def test_a_failed_input_load_fails_the_stage_run_an_earlier_node_opened(tracking):
     hook = StageRunsHook(stages=("evaluate",))
     first = node(lambda a: a, "a", "b", name="first", tags=["evaluate"])
     second = node(lambda b: b, "b", "c", name="second", tags=["evaluate"])
     with mlflow.start_run() as parent:
         hook.before_pipeline_run({}, None, None)
         hook.before_dataset_loaded("a", first)
+        hook.before_node_run(first, None, {"a": 1}, False)
         stage = mlflow.active_run().info.run_id
         assert stage != parent.info.run_id
-        hook.before_node_run(first, None, {"a": 1}, False)
-        assert mlflow.active_run().info.run_id == stage  # entered once per node
         mlflow.log_metric("seen", 1.0)
         hook.after_dataset_saved("b", 1, first)
         assert mlflow.active_run().info.run_id == parent.info.run_id  # closed after its output
         assert mlflow.get_run(stage).info.status == "FINISHED"
         assert mlflow.get_run(parent.info.run_id).data.metrics["seen"] == 1.0  # copied up
 
-        # loading the second node's input fails: the stage's run is the active one, so
-        # kedro-mlflow's error hook marks it FAILED with the parent, not only the parent
+        # the second node's input fails to load: no node hook runs, the pipeline fails
         hook.before_dataset_loaded("b", second)
-        assert mlflow.active_run().info.run_id == stage
+        assert mlflow.active_run().info.run_id == parent.info.run_id  # params go to the parent
+        hook.on_pipeline_error(OSError("b is missing"), {}, None, None)
+        assert mlflow.get_run(stage).info.status == "FAILED"
+    # a failure inside a node (its inputs loaded) is left to kedro-mlflow: the stage is active
+    with mlflow.start_run():
+        hook.before_pipeline_run({}, None, None)
+        hook.before_dataset_loaded("a", first)
+        hook.before_node_run(first, None, {"a": 1}, False)
+        inner = mlflow.active_run().info.run_id
+        hook.on_pipeline_error(ValueError("in the node"), {}, None, None)
+        assert mlflow.get_run(inner).info.status == "RUNNING"
         mlflow.end_run("FAILED")
-    assert mlflow.get_run(stage).info.status == "FAILED"
-    runs = mlflow.search_runs(experiment_ids=[parent.info.experiment_id])
-    assert len(runs) == 2  # the parent and one run for the stage, reopened

@@ -34,9 +34,9 @@ class StageRunsHook:
     metrics and artifacts its outputs log land there; once the node's last output is saved the
     child is closed again and the parent is active, as kedro-mlflow expects. Each closed child's
     latest metric values are copied to the parent, so the parent alone answers "how did this run
-    do". The child becomes active before the node's first input is loaded, so a failing load
-    fails the stage as a failing node does: either leaves the child active, and kedro-mlflow's
-    error hook then marks it and the parent FAILED.
+    do". A failing node leaves its child active: kedro-mlflow's error hook then marks it and the
+    parent FAILED. A node whose input fails to load never starts (no node hook runs), so that
+    error marks the stage's run FAILED here, when an earlier node of the stage had opened one.
     """
 
     def __init__(self, stages: tuple[str, ...] | None = None):
@@ -45,6 +45,7 @@ class StageRunsHook:
         self._copied: dict[str, float] = {}  # metrics already copied to the parent
         self._pending: set[str] = set()
         self._stage: str | None = None
+        self._loading: str | None = None  # the stage of the node whose inputs are loading
 
     def _stage_of(self, node) -> str | None:
         from rere_pipeline.pipeline_registry import ON_DEMAND, STAGES
@@ -55,23 +56,31 @@ class StageRunsHook:
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
         self._children, self._copied, self._pending, self._stage = {}, {}, set(), None
+        self._loading = None
 
     @hook_impl
     def before_dataset_loaded(self, dataset_name, node) -> None:
-        self._enter(node)
+        # the stage's run is not made active here: kedro-mlflow logs the node's parameters to
+        # the parent in its own ``before_node_run``
+        self._loading = self._stage_of(node)
+
+    @hook_impl
+    def on_pipeline_error(self, error, run_params, pipeline, catalog) -> None:
+        import mlflow
+
+        run_id = self._children.get(self._loading) if self._loading else None
+        if run_id is not None:
+            mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs, is_async) -> None:
-        self._enter(node)  # a node without inputs enters here
-        if self._stage is not None and not self._pending:
-            self._close()
-
-    def _enter(self, node) -> None:
-        """Make the node's stage run the active one (once per node)."""
         import mlflow
 
+        self._loading = None
+
+        parent = mlflow.active_run()
         stage = self._stage_of(node)
-        if mlflow.active_run() is None or stage is None or self._stage is not None:
+        if parent is None or stage is None:
             return
         if stage in self._children:
             mlflow.start_run(run_id=self._children[stage], nested=True)
@@ -80,6 +89,8 @@ class StageRunsHook:
             self._children[stage] = child.info.run_id
         self._stage = stage
         self._pending = set(node.outputs)
+        if not self._pending:
+            self._close()
 
     @hook_impl
     def after_dataset_saved(self, dataset_name, data, node) -> None:
