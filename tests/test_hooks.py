@@ -11,10 +11,15 @@ from rere_pipeline.hooks import StageRunsHook
 
 @pytest.fixture
 def tracking(tmp_path):
-    previous = mlflow.get_tracking_uri()
+    """A store and experiment of the test's own; MLflow's globals are put back afterwards."""
+    from mlflow.tracking import fluent
+
+    uri, experiment = mlflow.get_tracking_uri(), fluent._active_experiment_id
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("hooks")
     yield
-    mlflow.set_tracking_uri(previous)
+    mlflow.set_tracking_uri(uri)
+    fluent._active_experiment_id = experiment
 
 
 def test_a_failed_input_load_fails_the_stage_run_an_earlier_node_opened(tracking):
