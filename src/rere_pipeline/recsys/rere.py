@@ -50,6 +50,7 @@ from rere_pipeline.recsys.metrics import ndcg_per_row, paired_bootstrap_ratio
 from rere_pipeline.recsys.sft import (
     float32_master,
     lora_config,
+    lora_enabled,
     released,
     runs_on_cuda,
     uses_plain_head,
@@ -566,7 +567,7 @@ def build_trainer(
     use_cuda = runs_on_cuda(params)
     args = grpo_config(params, output_dir, trie.depth, use_cuda)
     args.reward_weights = list(reward_weights)
-    peft_config = lora_config(params["lora"]) if params.get("lora", {}).get("enabled") else None
+    peft_config = lora_config(params["lora"]) if lora_enabled(params) else None
     if args.beta > 0 and peft_config is None:
         reference_snapshot(model, Path(output_dir) / "reference")
     return _grpo_trainer_class()(
@@ -616,7 +617,7 @@ def train_rere(
         on_score=on_score,
     )
     policy = copy.deepcopy(model)
-    stored = float32_master(policy, lora=bool(params.get("lora", {}).get("enabled")))
+    stored = float32_master(policy, lora=lora_enabled(params))
     trainer = build_trainer(
         policy,
         tokenizer,

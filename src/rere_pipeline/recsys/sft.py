@@ -97,6 +97,11 @@ def float32_master(model, lora: bool) -> torch.dtype:
     return dtype
 
 
+def lora_enabled(params: dict) -> bool:
+    """Whether a trainer's parameters (``sft`` / ``rere``) ask for a LoRA adapter."""
+    return bool((params.get("lora") or {}).get("enabled"))
+
+
 def lora_config(params: dict):
     from peft import LoraConfig
 
@@ -172,7 +177,7 @@ def train_sft(
         dataset_num_proc=None,
         disable_tqdm=not params.get("progress", True),
     )
-    peft_config = lora_config(params["lora"]) if params.get("lora", {}).get("enabled") else None
+    peft_config = lora_config(params["lora"]) if lora_enabled(params) else None
     stored = float32_master(model, lora=peft_config is not None)
     trainer = (_plain_head_trainer() if uses_plain_head(params, use_cuda) else SFTTrainer)(
         model=model,
