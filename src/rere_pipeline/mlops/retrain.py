@@ -11,7 +11,7 @@ Drop files into ``retrain.new_logs_dir``:
 * catalogue additions (a name starting with ``items``): ``item_id,title``.
 
 Nothing here writes to the store until ``EventStore.commit``, which the retrain calls only
-once everything else has succeeded: a failed retrain leaves the store as it was.
+once its challenger is registered: a retrain that fails before leaves the store as it was.
 """
 
 from __future__ import annotations

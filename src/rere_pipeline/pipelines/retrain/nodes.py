@@ -2,7 +2,8 @@
 
 One retrain cycle is one node, ``retrain_cycle``, because it is a transaction: it holds the
 retrain lock from start to end, stops early (successfully) when there is nothing new, and
-writes the event store only after the challenger is registered and the promotion decided.
+writes the event store only once the challenger is registered (then decides the promotion:
+the champion moves last, when the logs it learnt from are on record).
 Each step calls the same node functions the ``prompts``, ``sft``, ``rere`` and ``evaluate``
 pipelines use.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -40,8 +42,8 @@ def retrain_cycle(
     registry_params: dict,
 ) -> dict:
     """New logs -> validated events -> moved splits -> SFT + ReRe warm-started from the
-    champion -> challenger vs champion on the new valid window -> register -> promote ->
-    commit the logs to the event store. Returns the cycle's report."""
+    champion -> challenger vs champion on the new valid window -> register -> commit the logs
+    to the event store -> promote. Returns the cycle's report."""
     store = retrain.EventStore(params["store_dir"])
     with retrain.retrain_lock(params["lock_file"]):
         store.ensure_base(events)
@@ -80,15 +82,15 @@ def retrain_cycle(
         start = serving.load_backbone_from_model(f"models:/{name}/{champion.version}")
         prompts = {s: encode_split(start, rows, prompt_params) for s, rows in splits.items()}
 
-        def score(label: str, model: Backbone) -> dict:
+        def score(label: str, model: Backbone, own_prompts: bool = False) -> dict:
+            # own_prompts: a model from elsewhere may tokenize otherwise than the champion
+            valid, test = (
+                (encode_split(model, splits[s], prompt_params) for s in ("valid", "test"))
+                if own_prompts
+                else (prompts["valid"], prompts["test"])
+            )
             report, _ = evaluate_lm(
-                label,
-                model,
-                full_catalogue,
-                evaluate_params,
-                prompt_params,
-                valid=prompts["valid"],
-                test=prompts["test"],
+                label, model, full_catalogue, evaluate_params, prompt_params, valid=valid, test=test
             )
             return report[label]
 
@@ -129,14 +131,36 @@ def retrain_cycle(
             prompt_params,
         )
 
-        def same_rows(model_uris: list[str]) -> list[float]:
-            # both were just scored on the new valid rows (the champion's own tag is older)
-            return [valid["NDCG@10"], scores["champion"]["valid"]["NDCG@10"]]
-
-        decision = registry.promote(
-            name, margin=float(registry_params.get("margin", 0.0)), rescore=same_rows
-        )
+        # the challenger's logs are in a registered model now: record them before the champion
+        # can move, so that a failure from here on never leaves a champion trained on logs the
+        # store does not know (the next cycle would train on them again)
         store.commit(batch)
+
+        def score_uri(uri: str) -> float:
+            model = serving.load_backbone_from_model(uri)
+            return score("champion", model, own_prompts=True)["valid"]["NDCG@10"]
+
+        challenger = f"models:/{name}/{version}"
+        rescore = new_rows_rescorer(
+            {
+                challenger: valid["NDCG@10"],
+                f"models:/{name}/{champion.version}": scores["champion"]["valid"]["NDCG@10"],
+            },
+            score_uri,
+            challenger,
+        )
+        try:
+            decision = registry.promote(
+                name, margin=float(registry_params.get("margin", 0.0)), rescore=rescore
+            )
+        except Exception:
+            log.error(
+                "retrain: the logs are committed and %s v%s is registered as the challenger, but "
+                "the promotion failed: run `kedro run --pipelines=promote` once the cause is fixed",
+                name,
+                version,
+            )
+            raise
     return {
         "status": "promoted" if decision.promoted else "challenger kept out",
         "files": batch.files,
@@ -151,6 +175,33 @@ def retrain_cycle(
         "challenger_version": version,
         "decision": registry.decision_report(decision),
     }
+
+
+def new_rows_rescorer(
+    scored: dict[str, float], score_uri: Callable[[str], float], challenger: str
+) -> Callable[[list[str]], list[float]]:
+    """``registry.promote``'s ``rescore`` for a retrain cycle: the valid NDCG@10 the cycle
+    measured on the new rows (``scored``, by model URI; the registered tags are older).
+
+    A champion promoted by hand while the cycle trained is not in ``scored``: it is scored on
+    the same rows with ``score_uri``. A challenger alias moved by another ``register`` in the
+    meantime stops the promotion, since this cycle did not score that model."""
+
+    def rescore(model_uris: list[str]) -> list[float]:
+        if model_uris[0] != challenger:
+            raise RuntimeError(
+                f"the challenger alias moved to {model_uris[0]} during this retrain (it registered "
+                f"{challenger}): promote by hand with `kedro run --pipelines=promote`"
+            )
+        results = []
+        for uri in model_uris:
+            if uri not in scored:
+                log.info("%s became champion during this retrain: scoring it on the new rows", uri)
+                scored[uri] = score_uri(uri)
+            results.append(scored[uri])
+        return results
+
+    return rescore
 
 
 def _log_metrics(scores: dict, sft_history: dict, rere_history: dict) -> None:
