@@ -8,7 +8,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from helpers import mlflow_runs, run_cli
+from helpers import latest_kedro_run, mlflow_runs, run_cli
 from rere_pipeline.mlops import retrain
 
 pytestmark = pytest.mark.slow
@@ -68,6 +68,9 @@ def test_tune_runs_trials_as_nested_runs_and_trains_with_the_best(cycle):
 
 def test_demo_retrain_registers_a_challenger_and_records_the_logs(cycle):
     kedro(cycle, "demo_new_logs")
+    runs, parent = mlflow_runs(cycle), latest_kedro_run(cycle)
+    stages = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"]]["tags.stage"].tolist()
+    assert stages == ["demo_new_logs"]  # its own stage run, not a "retrain" one
     demo_log = cycle / "data/01_raw/new_logs/demo_last_month.csv"
     assert list(pd.read_csv(demo_log).columns) == ["user_id", "item_id", "timestamp", "rating"]
     kedro(cycle, "retrain")

@@ -39,5 +39,5 @@ def create_demo_pipeline(**kwargs) -> Pipeline:
                 name="demo_new_logs",
             )
         ],
-        tags="retrain",
+        tags="demo_new_logs",  # its own stage run: it prepares data, it retrains nothing
     )
