@@ -1,4 +1,5 @@
-"""Resumable checkpoint directories: a run resumes only its own checkpoints."""
+"""Resumable checkpoint directories (a run resumes only its own checkpoints) and the valid
+samples training chooses on and evaluation reports on."""
 
 from __future__ import annotations
 
@@ -33,3 +34,19 @@ def test_a_run_resumes_its_own_checkpoints_but_not_those_of_other_starting_weigh
     assert checkpoints.prepare(folder, changed) is None
     assert not (folder / "checkpoint-2").exists()  # the other start's state is gone
     assert changed != checkpoints.fingerprint({**params, "max_steps": 5}, prompts, model)
+
+
+def test_training_chooses_on_valid_rows_that_evaluation_does_not_report():
+    from rere_pipeline.pipelines.evaluate.nodes import scored_rows
+
+    valid = pd.DataFrame({"user_id": [f"u{i}" for i in range(50)]}, index=range(100, 150))
+    reported = scored_rows(valid, {"max_rows": {"valid": 30, "test": None}}, "valid")
+    chosen_on = checkpoints.selection_sample(valid, 20)  # SFT early stopping, ReRe keep-best
+    assert len(reported) == 30 and len(chosen_on) == 20
+    assert reported.index.is_monotonic_increasing  # in split order, as before
+    assert set(reported.index).isdisjoint(chosen_on.index)  # 30 + 20 rows fit in 50
+    assert chosen_on.index.equals(checkpoints.selection_sample(valid, 20).index)  # fixed
+    assert set(checkpoints.selection_sample(valid, 10).index) < set(chosen_on.index)
+    # more than the split holds: they overlap, the whole split when a limit is off
+    assert not set(checkpoints.selection_sample(valid, 30).index).isdisjoint(reported.index)
+    assert checkpoints.report_sample(valid, None) is valid

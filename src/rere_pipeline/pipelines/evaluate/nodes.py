@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from rere_pipeline.mlops.registry import rows_fingerprint
+from rere_pipeline.pipelines import checkpoints
 from rere_pipeline.recsys.backbone import Backbone, weights_digest
 from rere_pipeline.recsys.decoding import DecodeTimings
 from rere_pipeline.recsys.metrics import ndcg_per_row, paired_bootstrap_ratio, ranking_metrics
@@ -86,11 +87,9 @@ def evaluate_lm(
 
 
 def scored_rows(rows: pd.DataFrame, params: dict, split: str) -> pd.DataFrame:
-    """The rows of ``split`` that evaluation scores: all, or a fixed sample (``max_rows``)."""
-    limit = rows_limit(params.get("max_rows"), split)
-    if not limit:
-        return rows
-    return rows.sample(n=min(limit, len(rows)), random_state=0).sort_index()
+    """The rows of ``split`` that evaluation scores: all, or a fixed sample (``max_rows``)
+    that training's valid samples stay clear of (``checkpoints.report_sample``)."""
+    return checkpoints.report_sample(rows, rows_limit(params.get("max_rows"), split))
 
 
 def rows_limit(max_rows, split: str) -> int | None:

@@ -163,7 +163,7 @@ def reinforce(
     funcs, reward_weights = rewards.build_rewards(
         weights, index, size, sasrec=sasrec_model if "collaborative" in weights else None
     )
-    valid = checkpoints.seeded_sample(prompts_valid, params["valid_rows"], params.get("seed", 0))
+    valid = checkpoints.selection_sample(prompts_valid, params["valid_rows"])
     output_dir = Path(params["output_dir"])
     resume = checkpoints.prepare(
         output_dir,

@@ -29,7 +29,7 @@ def fine_tune(
 
     Returns the model (any LoRA adapter merged), its loss series and plot, and the adapter's
     files (a note when LoRA is off)."""
-    valid = checkpoints.seeded_sample(prompts_valid, params["valid_rows"], params.get("seed", 0))
+    valid = checkpoints.selection_sample(prompts_valid, params["valid_rows"])
     output_dir = Path(params["output_dir"])
     stamp = checkpoints.fingerprint(params, prompts_train, backbone.model)
     checkpoints.prepare(output_dir, stamp, resume=False)
