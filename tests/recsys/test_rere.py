@@ -309,15 +309,45 @@ def test_runs_with_the_same_row_parameters_share_the_filtered_rows(
 
 @pytest.mark.parametrize("sampling", ["sample", "dynamic"])
 def test_sampled_groups_train_too(recommender, tiny_backbone, dataset, rows, tmp_path, sampling):
-    _, history, _ = _train(
+    # the groups: G catalogue items per prompt, repeats allowed (which items ``dynamic`` keeps:
+    # test_dynamic_group_keeps_target_copies_and_fills_with_frequent_negatives)
+    trainer = _trainer(recommender, tiny_backbone, dataset, tmp_path / "groups", sampling=sampling)
+    histories, targets = rows
+    prompts = recommender.prompt_ids(histories[:3])
+    trainer._batch_targets = [t for t in targets[:3] for _ in range(G)]
+    trainer.model.train()  # as inside the training loop: its metrics are train metrics
+    completions, _ = trainer._generate_single_turn(
+        [p for p in prompts for _ in range(G)], None, {}, G
+    )
+    titles = dict(zip(recommender.trie.sequences, recommender.titles, strict=True))
+    groups = [
+        [titles[tuple(c)] for c in completions[i : i + G]] for i in range(0, len(completions), G)
+    ]
+    assert [len(g) for g in groups] == [G, G, G]  # every completion is a catalogue item
+    assert trainer._metrics["train"]["rere/target_in_group"][0] == pytest.approx(
+        sum(t in g for g, t in zip(groups, targets[:3], strict=True)) / 3
+    )
+
+    model, history, _ = _train(
         recommender,
         tiny_backbone,
         dataset,
         rows,
-        tmp_path,
-        {**PARAMS, "max_steps": 1, "sampling": sampling, "objective": "gspo", "eval_steps": 5},
+        tmp_path / "train",
+        # a colder draw, so that groups hold their target (the second beam) and the rewards
+        # differ within them: the policy must then move
+        {
+            **PARAMS,
+            "max_steps": 2,
+            "sampling": sampling,
+            "temperature": 0.5,
+            "objective": "gspo",
+            "keep_best": False,
+        },
     )
-    assert any("rere/target_in_group" in h for h in history)
+    assert any(h.get("rere/target_in_group", 0) > 0 for h in history)
+    before = tiny_backbone.model.state_dict()
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_an_interrupted_rl_run_resumes_from_its_checkpoint(

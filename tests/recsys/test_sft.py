@@ -93,10 +93,15 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_backbone, pair
     with torch.no_grad():
         for p in zeros.parameters():
             p.zero_()
-    _, second, _ = _fit(tiny_backbone, pairs, {**params, "max_steps": 6}, tmp_path, zeros)
+    resumed, second, _ = _fit(tiny_backbone, pairs, {**params, "max_steps": 6}, tmp_path, zeros)
     losses = lambda history: {h["step"]: h["loss"] for h in history if "loss" in h}  # noqa: E731
     assert {s: v for s, v in losses(second).items() if s <= 4} == losses(first)
-    assert max(losses(second)) == 6
+    # steps 5-6 continue from the checkpoint's weights, optimizer and data order: the result is
+    # the run that was never cut
+    uncut, whole, _ = _fit(tiny_backbone, pairs, {**params, "max_steps": 6}, tmp_path / "uncut")
+    assert losses(second) == pytest.approx(losses(whole)) and max(losses(second)) == 6
+    for key, value in uncut.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value)
 
 
 def test_lora_trains_adapters_and_merges_them(tiny_backbone, pairs, tmp_path):

@@ -44,9 +44,11 @@ def test_nothing_else_is_allowed(built):
             if tuple(c[: len(prefix)]) == prefix and len(c) > len(prefix)
         }
         assert allowed == expected, prefix
-    bogus = torch.tensor([[completions[0][0], 10**3 % trie.vocab_size]])
-    if (completions[0][0], 10**3 % trie.vocab_size) not in {tuple(c[:2]) for c in completions}:
-        assert int(trie.walk(bogus)) == -1
+    # a token that continues no completion after the first one leads to the dead node (-1)
+    first = completions[0][0]
+    real = {c[1] for c in completions if c[0] == first and len(c) > 1}
+    off = next(t for t in range(trie.vocab_size) if t not in real)
+    assert int(trie.walk(torch.tensor([[first, off]]))) == -1
 
 
 def test_children_is_csr_in_token_order(built):
