@@ -98,17 +98,24 @@ def _train(recommender, tiny_backbone, dataset, rows, tmp_path, params, resume=N
     )
 
 
+def _first_groups(trainer, recommender, rows, n: int = 3):
+    """The trainer's groups for the first ``n`` rows, generated as inside its training loop:
+    (prompt ids, completion ids, G per prompt in a row)."""
+    histories, targets = rows
+    prompts = recommender.prompt_ids(histories[:n])
+    trainer._batch_targets = [t for t in targets[:n] for _ in range(G)]
+    trainer.model.train()  # its metrics are train metrics; decoding itself runs in eval mode
+    completion_ids, _ = trainer._generate_single_turn(
+        [p for p in prompts for _ in range(G)], None, {}, G
+    )
+    return prompts, completion_ids
+
+
 def test_group_generation_is_the_constrained_beam_search(
     recommender, tiny_backbone, dataset, rows, tmp_path
 ):
     trainer = _trainer(recommender, tiny_backbone, dataset, tmp_path)
-    histories, targets = rows
-    prompts = recommender.prompt_ids(histories[:3])
-    trainer._batch_targets = [t for t in targets[:3] for _ in range(G)]
-    trainer.model.train()  # as inside the training loop; decoding itself runs in eval mode
-    completion_ids, logprobs = trainer._generate_single_turn(
-        [p for p in prompts for _ in range(G)], None, {}, G
-    )
+    prompts, completion_ids = _first_groups(trainer, recommender, rows)
     expected = constrained_beam_search(tiny_backbone.model, prompts, recommender.trie, G)
     assert completion_ids == [c for g in expected for c in g.completions]
     valid = set(recommender.trie.sequences)
@@ -312,13 +319,8 @@ def test_sampled_groups_train_too(recommender, tiny_backbone, dataset, rows, tmp
     # the groups: G catalogue items per prompt, repeats allowed (which items ``dynamic`` keeps:
     # test_dynamic_group_keeps_target_copies_and_fills_with_frequent_negatives)
     trainer = _trainer(recommender, tiny_backbone, dataset, tmp_path / "groups", sampling=sampling)
-    histories, targets = rows
-    prompts = recommender.prompt_ids(histories[:3])
-    trainer._batch_targets = [t for t in targets[:3] for _ in range(G)]
-    trainer.model.train()  # as inside the training loop: its metrics are train metrics
-    completions, _ = trainer._generate_single_turn(
-        [p for p in prompts for _ in range(G)], None, {}, G
-    )
+    _, completions = _first_groups(trainer, recommender, rows)
+    targets = rows[1]
     titles = dict(zip(recommender.trie.sequences, recommender.titles, strict=True))
     groups = [
         [titles[tuple(c)] for c in completions[i : i + G]] for i in range(0, len(completions), G)
