@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from transformers.trainer_utils import get_last_checkpoint
 
 from rere_pipeline.recsys import sft
 from rere_pipeline.recsys.prompts import encode_pairs
@@ -32,9 +33,19 @@ def pairs(tiny_backbone, template, small_catalogue):
 
 
 def _fit(tiny_backbone, pairs, params, output_dir, model=None):
-    """``train_sft`` on ``pairs`` (as train and valid), by default on a copy of the tiny model."""
+    """``train_sft`` on ``pairs`` (as train and valid), by default on a copy of the tiny model,
+    from the newest checkpoint in ``output_dir`` if there is one."""
     model = copy.deepcopy(tiny_backbone.model) if model is None else model
-    return sft.train_sft(model, tiny_backbone.tokenizer, pairs, pairs, params, output_dir)
+    last = get_last_checkpoint(str(output_dir)) if output_dir.exists() else None
+    return sft.train_sft(
+        model,
+        tiny_backbone.tokenizer,
+        pairs,
+        pairs,
+        params,
+        output_dir,
+        resume_from_checkpoint=last,
+    )
 
 
 def _weights(model):

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from transformers import EarlyStoppingCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +135,11 @@ def train_sft(
     valid: dict[str, list],
     params: dict,
     output_dir: str | Path,
+    resume_from_checkpoint: str | None = None,
 ):
-    """Fine-tune ``model``; returns (model with any adapters merged, TRL's log history, the
-    LoRA adapter's files as ``{name: bytes}`` or None)."""
+    """Fine-tune ``model`` (from ``resume_from_checkpoint`` when given); returns (model with
+    any adapters merged, TRL's log history, the LoRA adapter's files as ``{name: bytes}`` or
+    None)."""
     from trl import SFTConfig, SFTTrainer
 
     output_dir = Path(output_dir)
@@ -188,14 +189,7 @@ def train_sft(
         peft_config=peft_config,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=int(params.get("patience", 2)))],
     )
-    resume = (
-        get_last_checkpoint(str(output_dir))
-        if output_dir.exists() and params.get("resume", True)
-        else None
-    )
-    if resume:
-        log.info("resuming SFT from %s", resume)
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     trained = trainer.model
     adapter = None
     if peft_config is not None:

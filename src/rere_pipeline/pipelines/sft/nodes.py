@@ -31,8 +31,11 @@ def fine_tune(
     files (a note when LoRA is off)."""
     valid = checkpoints.selection_sample(prompts_valid, params["valid_rows"])
     output_dir = Path(params["output_dir"])
-    stamp = checkpoints.fingerprint(params, prompts_train, backbone.model)
-    checkpoints.prepare(output_dir, stamp, resume=False)
+    resume = checkpoints.prepare(
+        output_dir,
+        checkpoints.fingerprint(params, prompts_train, backbone.model),
+        resume=bool(params.get("resume", True)),
+    )
     model, history, adapter = sft.train_sft(
         backbone.model,
         backbone.tokenizer,
@@ -40,6 +43,7 @@ def fine_tune(
         _columns(valid),
         params,
         output_dir,
+        resume_from_checkpoint=resume,
     )
     shutil.rmtree(output_dir)  # finished: the model itself is the output
     adapter = adapter or {
