@@ -80,15 +80,12 @@ def retrain_cycle(
                 "then `kedro run --pipelines=promote` first"
             )
         start = serving.load_backbone_from_model(f"models:/{name}/{champion.version}")
-        prompts = {s: encode_split(start, rows, prompt_params) for s, rows in splits.items()}
+        prompts = {s: encode_split(start, splits[s], prompt_params) for s in ("train", "valid")}
 
-        def score(label: str, model: Backbone, own_prompts: bool = False) -> dict:
-            # own_prompts: a model from elsewhere may tokenize otherwise than the champion
-            valid, test = (
-                (encode_split(model, splits[s], prompt_params) for s in ("valid", "test"))
-                if own_prompts
-                else (prompts["valid"], prompts["test"])
-            )
+        def score(label: str, model: Backbone) -> dict:
+            # prompts in the model's own tokens (a champion promoted by hand meanwhile may come
+            # from another backbone); a few hundred rows, encoded in well under a second
+            valid, test = (encode_split(model, splits[s], prompt_params) for s in ("valid", "test"))
             report, _ = evaluate_lm(
                 label, model, full_catalogue, evaluate_params, prompt_params, valid=valid, test=test
             )
@@ -137,8 +134,7 @@ def retrain_cycle(
         store.commit(batch)
 
         def score_uri(uri: str) -> float:
-            model = serving.load_backbone_from_model(uri)
-            return score("champion", model, own_prompts=True)["valid"]["NDCG@10"]
+            return score("champion", serving.load_backbone_from_model(uri))["valid"]["NDCG@10"]
 
         challenger = f"models:/{name}/{version}"
         rescore = new_rows_rescorer(
