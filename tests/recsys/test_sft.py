@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers.trainer_utils import get_last_checkpoint
 
 from rere_pipeline.recsys import sft
@@ -143,3 +144,52 @@ def test_lora_trains_adapters_and_merges_them(tiny_backbone, pairs, tmp_path):
     ).merge_and_unload()
     for key, value in trained.state_dict().items():
         torch.testing.assert_close(rebuilt.state_dict()[key], value)
+
+
+def test_early_stopping_chooses_on_the_valid_loss_and_can_be_switched_off(
+    tiny_backbone, template, small_catalogue, pairs, tmp_path
+):
+    # valid rows the training overfits away from (same histories, other targets): their loss
+    # falls while the model learns what titles look like, then rises
+    titles = small_catalogue["title"].tolist()
+    decoys = encode_pairs(
+        tiny_backbone.tokenizer,
+        template,
+        [titles[i : i + 3] for i in range(0, 48, 2)],
+        [titles[200 + i] for i in range(0, 48, 2)],
+    )
+    params = {
+        **PARAMS,
+        "learning_rate": 3e-2,
+        "lr_scheduler_type": "constant",
+        "max_steps": 60,
+        "eval_steps": 4,
+        "patience": 1,
+    }
+
+    def fit(early_stopping: bool, output_dir):
+        model, history, _ = sft.train_sft(
+            copy.deepcopy(tiny_backbone.model),
+            tiny_backbone.tokenizer,
+            pairs,
+            decoys,
+            {**params, "early_stopping": early_stopping},
+            output_dir,
+        )
+        losses = {h["step"]: h["eval_loss"] for h in history if "eval_loss" in h}
+        return model, losses
+
+    def same_weights(model, checkpoint) -> bool:
+        saved = load_file(str(checkpoint / "model.safetensors"))
+        state = model.state_dict()
+        return all(torch.equal(state[k], v) for k, v in saved.items())
+
+    chosen, losses = fit(True, tmp_path / "chosen")
+    best = min(losses, key=losses.get)
+    assert max(losses) < 60, "the rising valid loss stops the run"
+    assert same_weights(chosen, tmp_path / "chosen" / f"checkpoint-{best}")
+
+    final, observed = fit(False, tmp_path / "observed")
+    assert sorted(observed) == list(range(4, 61, 4)), "the valid loss is still logged"
+    assert observed[60] > min(observed.values()), "a choosing run would have kept other weights"
+    assert same_weights(final, tmp_path / "observed" / "checkpoint-60")

@@ -139,11 +139,17 @@ def train_sft(
 ):
     """Fine-tune ``model`` (from ``resume_from_checkpoint`` when given); returns (model with
     any adapters merged, TRL's log history, the LoRA adapter's files as ``{name: bytes}`` or
-    None)."""
+    None).
+
+    The valid loss is logged every ``eval_steps``. With ``early_stopping`` (the default) it
+    also chooses: training stops after ``patience`` evaluations without improvement and ends
+    with the best checkpoint's weights. Without, the run trains its whole budget and ends with
+    its final weights, the valid rows only observed."""
     from trl import SFTConfig, SFTTrainer
 
     output_dir = Path(output_dir)
     use_cuda = runs_on_cuda(params)
+    early_stopping = bool(params.get("early_stopping", True))
     args = SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=float(params["epochs"]),
@@ -165,7 +171,7 @@ def train_sft(
         save_strategy="steps",
         save_steps=int(params["eval_steps"]),
         save_total_limit=2,
-        load_best_model_at_end=True,
+        load_best_model_at_end=early_stopping,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         logging_steps=int(params.get("logging_steps", 20)),
@@ -187,7 +193,9 @@ def train_sft(
         eval_dataset=to_dataset(valid),
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=int(params.get("patience", 2)))],
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=int(params.get("patience", 2)))]
+        if early_stopping
+        else [],
     )
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     trained = trainer.model

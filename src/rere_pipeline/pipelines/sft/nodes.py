@@ -25,7 +25,8 @@ def _columns(prompts: pd.DataFrame) -> dict[str, list]:
 def fine_tune(
     backbone: Backbone, prompts_train: pd.DataFrame, prompts_valid: pd.DataFrame, params: dict
 ) -> tuple[Backbone, dict, object, dict[str, bytes]]:
-    """SFT on the train prompts, early-stopped on the loss over ``valid_rows`` valid prompts.
+    """SFT on the train prompts, its loss measured on ``valid_rows`` valid prompts (early
+    stopping on it unless ``early_stopping`` is false).
 
     Returns the model (any LoRA adapter merged), its loss series and plot, and the adapter's
     files (a note when LoRA is off)."""
