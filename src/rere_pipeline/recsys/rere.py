@@ -67,6 +67,12 @@ OBJECTIVES = {  # rere.objective -> (TRL loss_type, importance_sampling_level)
 }
 
 
+def check_choice(key: str, value, options: Sequence) -> None:
+    """Refuse ``rere.<key>`` = ``value`` unless it is one of ``options``."""
+    if value not in options:
+        raise ValueError(f"rere.{key} must be one of {tuple(options)}, not {value!r}")
+
+
 def dynamic_group(drawn: Group, target_item: int | None, size: int) -> Group:
     """Keep every sampled copy of the target, fill up to ``size`` with the most frequent
     distinct negatives (repeating the most frequent when too few are distinct); likelihood order."""
@@ -208,8 +214,7 @@ def _grpo_trainer_class():
             plain_head: bool = False,
             **kwargs,
         ):
-            if sampling not in SAMPLING:
-                raise ValueError(f"rere.sampling must be one of {SAMPLING}, not {sampling!r}")
+            check_choice("sampling", sampling, SAMPLING)
             super().__init__(*args, **kwargs)
             self.trie, self.title_of_item = trie, list(title_of_item)
             self.sampling, self.decode_batch_size = sampling, decode_batch_size
@@ -495,9 +500,8 @@ def grpo_config(params: dict, output_dir: str, max_completion_length: int, use_c
     """TRL ``GRPOConfig`` from ``parameters_rere.yml``."""
     from trl import GRPOConfig
 
-    objective = str(params.get("objective", "grpo")).lower()
-    if objective not in OBJECTIVES:
-        raise ValueError(f"rere.objective must be one of {sorted(OBJECTIVES)}, not {objective!r}")
+    objective = params.get("objective", "grpo")
+    check_choice("objective", objective, tuple(OBJECTIVES))
     loss_type, level = OBJECTIVES[objective]
     size = int(params["num_generations"])
     sync = params.get("sync_ref_model", {}) or {}

@@ -151,6 +151,17 @@ def collaborative_reward(index: CatalogueIndex, sasrec) -> RewardFn:
     return collaborative
 
 
+def check_weights(weights: Mapping[str, float]) -> None:
+    """Refuse ``rere.rewards`` naming an unknown reward, or none."""
+    unknown = set(weights) - set(REWARDS)
+    if unknown:
+        raise ValueError(
+            f"rere.rewards: unknown reward(s) {sorted(unknown)}; choose from {REWARDS}"
+        )
+    if not weights:
+        raise ValueError("rere.rewards: select at least one reward")
+
+
 def build_rewards(
     weights: Mapping[str, float],
     index: CatalogueIndex,
@@ -160,13 +171,7 @@ def build_rewards(
     sasrec=None,
 ) -> tuple[list[RewardFn], list[float]]:
     """The reward functions named in ``weights`` (``rere.rewards``) and their weights, in order."""
-    unknown = set(weights) - set(REWARDS)
-    if unknown:
-        raise ValueError(
-            f"rere.rewards: unknown reward(s) {sorted(unknown)}; choose from {REWARDS}"
-        )
-    if not weights:
-        raise ValueError("rere.rewards: select at least one reward")
+    check_weights(weights)
     funcs, out_weights = [], []
     for name, weight in weights.items():
         if name == "rule":

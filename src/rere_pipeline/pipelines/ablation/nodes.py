@@ -13,7 +13,7 @@ import statistics
 import pandas as pd
 
 from rere_pipeline.pipelines.evaluate.nodes import evaluate_lm
-from rere_pipeline.pipelines.rere.nodes import reinforce
+from rere_pipeline.pipelines.rere.nodes import check_params, reinforce
 from rere_pipeline.recsys.backbone import Backbone
 
 log = logging.getLogger(__name__)
@@ -35,39 +35,63 @@ def run_ablation(
 ) -> tuple[pd.DataFrame, str]:
     """One row per (arm, seed) with its test HR@K / NDCG@K, and the markdown summary."""
     evaluate_params = {**evaluate_params, "max_rows": params.get("test_rows")}
-    seeds = [int(s) for s in params["seeds"]]
+    runs = arm_runs(rere_params, params)
+    for _, _, arm_params in runs:  # a mistyped arm fails now, not after the arms before it
+        if arm_params is not None:
+            check_params(arm_params)
     rows, rows_cache = [], {}  # every arm of a seed trains on the same (filtered) rows
-    for arm, overrides in params["arms"].items():
-        for seed in seeds if overrides is not None else seeds[:1]:
-            if overrides is None:  # the SFT model itself
-                model = sft_model
-            else:
-                arm_params = {
-                    **rere_params,
-                    **(params.get("budget") or {}),
-                    **overrides,
-                    "seed": seed,
-                    "output_dir": f"{rere_params['output_dir']}_{arm}_{seed}",
-                }
-                log.info("ablation arm %s, seed %d: %s", arm, seed, overrides)
-                model, _, _ = reinforce(
-                    sft_model,
-                    backbone,
-                    catalogue,
-                    prompts_train,
-                    train,
-                    prompts_valid,
-                    sasrec_model,
-                    arm_params,
-                    prompt_params,
-                    rows_cache=rows_cache,
-                )
-            report, _ = evaluate_lm(
-                arm, model, catalogue, evaluate_params, prompt_params, test=prompts_test
+    for arm, seed, arm_params in runs:
+        if arm_params is None:  # the SFT model itself
+            model = sft_model
+        else:
+            log.info("ablation arm %s, seed %d", arm, seed)
+            model, _, _ = reinforce(
+                sft_model,
+                backbone,
+                catalogue,
+                prompts_train,
+                train,
+                prompts_valid,
+                sasrec_model,
+                arm_params,
+                prompt_params,
+                rows_cache=rows_cache,
             )
-            rows.append({"arm": arm, "seed": seed, **report[arm]["test"]})
+        report, _ = evaluate_lm(
+            arm, model, catalogue, evaluate_params, prompt_params, test=prompts_test
+        )
+        rows.append({"arm": arm, "seed": seed, **report[arm]["test"]})
     results = pd.DataFrame(rows)
     return results, ablation_table(results, [int(k) for k in evaluate_params["ks"]])
+
+
+def arm_runs(rere_params: dict, params: dict) -> list[tuple[str, int, dict | None]]:
+    """(arm, seed, ReRe parameters) per run of the arm set ``arm_set``, in order: each arm's
+    overrides on top of ``rere_params`` and the shared ``budget``, once per seed (the SFT arm,
+    ``None``, once)."""
+    sets = params["arm_sets"]
+    if params["arm_set"] not in sets:
+        raise ValueError(
+            f"ablation.arm_set must be one of {sorted(sets)}, not {params['arm_set']!r}"
+        )
+    seeds = [int(s) for s in params["seeds"]]
+    return [
+        (
+            arm,
+            seed,
+            None
+            if overrides is None
+            else {
+                **rere_params,
+                **(params.get("budget") or {}),
+                **overrides,
+                "seed": seed,
+                "output_dir": f"{rere_params['output_dir']}_{arm}_{seed}",
+            },
+        )
+        for arm, overrides in sets[params["arm_set"]].items()
+        for seed in (seeds if overrides is not None else seeds[:1])
+    ]
 
 
 def ablation_table(results: pd.DataFrame, ks: list[int]) -> str:

@@ -29,6 +29,26 @@ PLOTTED = (
 
 
 ROW_ORDERS = ("random", "recent")
+# rere.<key> -> its options, the default first
+CHOICES = {
+    "init": ("sft", "base"),
+    "row_order": ROW_ORDERS,
+    "sampling": rere.SAMPLING,
+    "objective": tuple(rere.OBJECTIVES),
+}
+
+
+def check_params(params: dict) -> None:
+    """Refuse an unknown choice (``CHOICES``) or reward before anything is decoded or
+    trained: the ablation checks every arm before it trains the first."""
+    for key, options in CHOICES.items():
+        rere.check_choice(key, params.get(key, options[0]), options)
+    rewards.check_weights(reward_weights(params))
+
+
+def reward_weights(params: dict) -> dict[str, float]:
+    """``rere.rewards`` without the rewards weighted 0."""
+    return {k: float(v) for k, v in (params.get("rewards") or {}).items() if v}
 
 
 def _budget_order(rows: pd.DataFrame, params: dict) -> pd.DataFrame:
@@ -119,9 +139,7 @@ def training_rows(
     theirs), runs whose ``ROW_PARAMS`` and ``rows_needed`` agree reuse the rows instead of
     decoding them again.
     """
-    order = params.get("row_order", "random")
-    if order not in ROW_ORDERS:
-        raise ValueError(f"rere.row_order must be one of {ROW_ORDERS}, not {order!r}")
+    rere.check_choice("row_order", params.get("row_order", "random"), ROW_ORDERS)
     key = (*(params.get(name) for name in ROW_PARAMS), rows_needed(params))
     if cache is not None and key in cache:
         return cache[key]
@@ -151,16 +169,15 @@ def reinforce(
     ``on_score(step, metrics)`` sees every periodic valid score (tuning prunes with it);
     ``rows_cache`` lets callers that train several runs from the same models share the row
     filter (see ``training_rows``)."""
-    init = {"sft": sft_model, "base": backbone}.get(params.get("init", "sft"))
-    if init is None:
-        raise ValueError(f"rere.init must be 'sft' or 'base', not {params.get('init')!r}")
+    check_params(params)
+    init = {"sft": sft_model, "base": backbone}[params.get("init", "sft")]
     size = int(params["num_generations"])
     recommender = CatalogueRecommender(
         init.tokenizer, init.model, catalogue, PromptTemplate.from_params(prompt_params)
     )
     index = rewards.CatalogueIndex.of(recommender)  # a repeated title: its first item id
-    weights = {k: float(v) for k, v in (params.get("rewards") or {}).items() if v}
-    funcs, reward_weights = rewards.build_rewards(
+    weights = reward_weights(params)
+    funcs, func_weights = rewards.build_rewards(
         weights, index, size, sasrec=sasrec_model if "collaborative" in weights else None
     )
     valid = checkpoints.selection_sample(prompts_valid, params["valid_rows"])
@@ -187,7 +204,7 @@ def reinforce(
         init.tokenizer,
         dataset,
         funcs,
-        reward_weights,
+        func_weights,
         recommender.trie,
         recommender.titles,
         [list(p) for p in valid["prompt_ids"]],

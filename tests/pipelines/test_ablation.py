@@ -1,0 +1,88 @@
+"""The ablation's arms: built from the ReRe parameters, checked before any of them trains."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import PROJECT
+from rere_pipeline.pipelines.ablation import nodes as ablation
+from rere_pipeline.pipelines.rere.nodes import check_params
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"init": "random"}, "rere.init must be one of"),
+        ({"row_order": "newest"}, "rere.row_order must be one of"),
+        ({"sampling": "top_k"}, "rere.sampling must be one of"),
+        ({"objective": "ppo"}, "rere.objective must be one of"),
+        ({"rewards": {"rule": 1.0, "clicks": 1.0}}, "unknown reward"),
+        ({"rewards": {"rule": 0}}, "at least one reward"),
+    ],
+)
+def test_an_unknown_choice_is_refused_by_name(overrides, message):
+    params = {"rewards": {"rule": 1.0, "ranking": 1.0}}
+    check_params(params)  # the defaults of every choice pass
+    with pytest.raises(ValueError, match=message):
+        check_params({**params, **overrides})
+
+
+def test_a_mistyped_arm_stops_the_ablation_before_the_first_arm_trains(monkeypatch):
+    def work(*args, **kwargs):
+        raise AssertionError("an arm ran before every arm was checked")
+
+    monkeypatch.setattr(ablation, "reinforce", work)
+    monkeypatch.setattr(ablation, "evaluate_lm", work)
+    params = {
+        "seeds": [0, 1],
+        "budget": {"max_steps": 5},
+        "arm_set": "mine",
+        "arm_sets": {
+            "mine": {"sft": None, "good": {}, "typo": {"sampling": "beams"}},
+            "other": {"unused": {}},
+        },
+    }
+    rere_params = {"output_dir": "ckpt", "rewards": {"rule": 1.0}, "max_steps": 100}
+    runs = ablation.arm_runs(rere_params, params)
+    assert [(arm, seed) for arm, seed, _ in runs] == [
+        ("sft", 0),
+        ("good", 0),
+        ("good", 1),
+        ("typo", 0),
+        ("typo", 1),
+    ]
+    assert runs[2][2] == {**rere_params, "max_steps": 5, "seed": 1, "output_dir": "ckpt_good_1"}
+    models = [None] * 8  # never reached: the check comes first
+    with pytest.raises(ValueError, match="rere.sampling must be one of"):
+        ablation.run_ablation(*models, rere_params, params, {"ks": [10]}, {})
+
+
+@pytest.mark.parametrize("env", ["base", "design_space"])
+def test_the_committed_ablation_arms_are_valid(env):
+    conf, base = project_config(env), project_config("base")
+    parameters = conf["parameters"]["ablation"]
+    runs = ablation.arm_runs(conf["parameters"]["rere"], parameters)
+    ran = {arm for arm, _, _ in runs}
+    assert ran == set(parameters["arm_sets"][parameters["arm_set"]])
+    for other, arms in parameters["arm_sets"].items():  # no arm of another set runs
+        if other != parameters["arm_set"]:
+            assert not (ran & set(arms)) - {"sft"}
+    for _, _, arm_params in runs:
+        if arm_params is not None:
+            check_params(arm_params)
+    if env != "base":  # a sweep writes beside the base ablation, not over it
+        assert parameters["arm_set"] == env
+        for name in ("ablation_results", "ablation_table"):
+            path = conf["catalog"][name]["dataset"]["filepath"]
+            assert path != base["catalog"][name]["dataset"]["filepath"]
+
+
+def project_config(env: str):
+    """The project's configuration for ``env``, merged as ``kedro run --env`` merges it."""
+    from kedro.config import OmegaConfigLoader
+
+    from rere_pipeline.settings import CONFIG_LOADER_ARGS
+
+    return OmegaConfigLoader(
+        str(PROJECT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": env}
+    )
