@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from helpers import PROJECT
@@ -86,3 +87,18 @@ def project_config(env: str):
     return OmegaConfigLoader(
         str(PROJECT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": env}
     )
+
+
+def test_the_table_shows_a_spread_only_over_several_seeds():
+    results = pd.DataFrame(
+        {
+            "arm": ["sft", "rere", "rere"],
+            "seed": [0, 0, 1],
+            "rows": [10, 10, 10],
+            "HR@10": [0.5, 0.25, 0.75],
+            "NDCG@10": [0.25, 0.125, 0.375],
+        }
+    )
+    table = ablation.ablation_table(results, [10])
+    assert "| sft | 1 | 0.5000 | 0.2500 |" in table
+    assert "| rere | 2 | 0.5000 ± 0.3536 | 0.2500 ± 0.1768 |" in table

@@ -95,13 +95,13 @@ def arm_runs(rere_params: dict, params: dict) -> list[tuple[str, int, dict | Non
 
 
 def ablation_table(results: pd.DataFrame, ks: list[int]) -> str:
-    """Mean ± standard deviation over seeds per arm (``n`` = seeds)."""
+    """Mean ± standard deviation over seeds per arm (``n`` = seeds; the mean alone for one)."""
     metrics = [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks]
     lines = [
         "# Ablation (official test split)",
         "",
         f"Rows scored per arm: {int(results['rows'].iloc[0])}. Mean ± sample standard deviation over "
-        "`n` seeds (same data, budget and starting SFT model for every arm).",
+        "`n` seeds, the value alone when `n` is 1 (same data, budget and starting SFT model for every arm).",
         "",
         "| arm | n | " + " | ".join(metrics) + " |",
         "|---" * (len(metrics) + 2) + "|",
@@ -110,7 +110,9 @@ def ablation_table(results: pd.DataFrame, ks: list[int]) -> str:
         cells = []
         for m in metrics:
             values = group[m].tolist()
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.4f} ± {spread:.4f}")
+            cell = f"{statistics.mean(values):.4f}"
+            if len(values) > 1:  # one run has no spread to show
+                cell += f" ± {statistics.stdev(values):.4f}"
+            cells.append(cell)
         lines.append(f"| {arm} | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
