@@ -17,7 +17,7 @@ for _name, _value in {
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from helpers import PROJECT  # noqa: E402
+from helpers import PROJECT, project_config  # noqa: E402
 
 pytest_plugins = ["fixtures_models"]
 
@@ -25,10 +25,9 @@ pytest_plugins = ["fixtures_models"]
 @pytest.fixture(scope="session")
 def raw_release() -> dict[str, pd.DataFrame]:
     """The raw seed files, loaded through the project's own catalog entries."""
-    from kedro.config import OmegaConfigLoader
     from kedro.io import DataCatalog
 
-    conf = OmegaConfigLoader(str(PROJECT / "conf"), base_env="base", default_run_env="base")
+    conf = project_config()
     entries = {
         k: v for k, v in conf["catalog"].items() if k in ("raw_items", "raw_valid", "raw_test")
     }

@@ -25,6 +25,17 @@ _SKIP_TOP = {
 }
 
 
+def project_config(env: str = "base"):
+    """The project's configuration for ``env``, merged as ``kedro run --env`` merges it."""
+    from kedro.config import OmegaConfigLoader
+
+    from rere_pipeline.settings import CONFIG_LOADER_ARGS
+
+    return OmegaConfigLoader(
+        str(PROJECT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": env}
+    )
+
+
 def copy_project(destination: Path) -> Path:
     """A clean copy of the project (code, conf, raw data, DVC config) at ``destination``."""
 

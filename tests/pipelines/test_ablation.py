@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from helpers import PROJECT
+from helpers import project_config
 from rere_pipeline.pipelines.ablation import nodes as ablation
 from rere_pipeline.pipelines.rere.nodes import check_params
 
@@ -76,17 +76,6 @@ def test_the_committed_ablation_arms_are_valid(env):
         for name in ("ablation_results", "ablation_table"):
             path = conf["catalog"][name]["dataset"]["filepath"]
             assert path != base["catalog"][name]["dataset"]["filepath"]
-
-
-def project_config(env: str):
-    """The project's configuration for ``env``, merged as ``kedro run --env`` merges it."""
-    from kedro.config import OmegaConfigLoader
-
-    from rere_pipeline.settings import CONFIG_LOADER_ARGS
-
-    return OmegaConfigLoader(
-        str(PROJECT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": env}
-    )
 
 
 def test_the_table_shows_a_spread_only_over_several_seeds():
