@@ -1,4 +1,5 @@
-"""`compare_models`: paired ratios and the repeat / new-item slices on hand-made predictions."""
+"""`compare_models`: paired ratios, the repeat / new-item slices and the target-popularity
+slices on hand-made predictions."""
 
 from __future__ import annotations
 
@@ -7,12 +8,21 @@ import math
 import pandas as pd
 import pytest
 
-from rere_pipeline.pipelines.evaluate.nodes import compare_models, markdown_table, mlflow_metrics
+from rere_pipeline.pipelines.evaluate.nodes import (
+    compare_models,
+    markdown_table,
+    mlflow_metrics,
+    popularity_labels,
+)
 
 PARAMS = {
     "ks": [1, 10],
     "compare": {"k": 10, "bootstrap_samples": 200, "pairs": [["rere", "sft"], ["rere", "sasrec"]]},
 }
+
+
+# Train targets: C is the target of 3 train rows, D of one, A and B of none.
+TRAIN = pd.DataFrame({"item_title": ["C", "C", "C", "D"]})
 
 
 @pytest.fixture
@@ -62,7 +72,7 @@ def test_models_are_compared_on_the_rows_they_all_scored(test_rows):
     sft = lm_predictions(test_rows, [0, 1, 3], [["Q", "A"], ["B"], ["Q"]])
     rere = lm_predictions(test_rows, [0, 1, 3], [["A"], ["B"], ["Q", "D"]])
     sasrec = sasrec_predictions(test_rows, [["Q"], ["B"], ["C"], ["Q"]])  # scored row 2 too
-    both = compare_models(test_rows, test_rows, PARAMS, sasrec=sasrec, sft=sft, rere=rere)
+    both = compare_models(test_rows, test_rows, TRAIN, PARAMS, sasrec=sasrec, sft=sft, rere=rere)
     result = both["test"]
 
     half = 1 / math.log2(3)  # a hit at rank 1
@@ -102,11 +112,41 @@ def test_models_are_compared_on_the_rows_they_all_scored(test_rows):
     assert metrics["compare.valid.rere_vs_sft.ratio"]["value"] == 1.0
 
 
+def test_new_item_rows_are_split_by_how_many_train_rows_have_their_target(test_rows):
+    sft = lm_predictions(test_rows, [0, 1, 2, 3], [["A"], ["B"], ["Q", "C"], ["Q"]])
+    rere = lm_predictions(test_rows, [0, 1, 2, 3], [["Q"], ["B"], ["C"], ["D"]])
+    sasrec = sasrec_predictions(test_rows, [["Q"]] * 4)
+    params = {**PARAMS, "compare": {**PARAMS["compare"], "popularity_bins": [0, 2]}}
+    result = compare_models(test_rows, test_rows, TRAIN, params, sasrec=sasrec, sft=sft, rere=rere)
+    popularity = result["test"]["popularity"]
+
+    half = 1 / math.log2(3)
+    # A is never a train target, D once, C three times; B (row 1) is a repeat, so in no bucket
+    assert list(popularity) == ["0", "1-2", ">2"]
+    assert [entry["rows"] for entry in popularity.values()] == [1, 1, 1]
+    assert (popularity["0"]["sft"], popularity["0"]["rere"]) == (1.0, 0.0)
+    assert (popularity["1-2"]["sft"], popularity["1-2"]["rere"]) == (0.0, 1.0)
+    assert popularity[">2"]["sft"] == pytest.approx(half) and popularity[">2"]["rere"] == 1.0
+    assert popularity["0"]["share_of_hits"]["sft"] == pytest.approx(1 / (2 + half))
+    assert popularity["0"]["share_of_hits"]["sasrec"] is None  # SASRec never hits
+    table = markdown_table({}, params, result)
+    assert "| target's train rows | n | sasrec | sft | rere |" in table
+    assert "| 0 | 1 | 0.0000 | 1.0000 (38%) | 0.0000 (0%) |" in table
+
+
+def test_popularity_buckets_are_named_by_their_counts():
+    assert popularity_labels([0, 2, 5, 10, 20]) == ["0", "1-2", "3-5", "6-10", "11-20", ">20"]
+    assert popularity_labels([1, 3]) == ["0-1", "2-3", ">3"]
+    for bad in ([], [2, 1], [0, 0], [-1, 3]):
+        with pytest.raises(ValueError, match="popularity_bins must be increasing counts"):
+            popularity_labels(bad)
+
+
 def test_a_pair_whose_baseline_never_hits_has_no_ratio(test_rows):
     sft = lm_predictions(test_rows, [0, 2], [["Q"], ["Q"]])
     rere = lm_predictions(test_rows, [0, 2], [["A"], ["Q"]])
     sasrec = sasrec_predictions(test_rows, [["Q"]] * 4)
-    both = compare_models(test_rows, test_rows, PARAMS, sasrec=sasrec, sft=sft, rere=rere)
+    both = compare_models(test_rows, test_rows, TRAIN, PARAMS, sasrec=sasrec, sft=sft, rere=rere)
     assert both["test"]["pairs"]["rere/sft"] == {
         "ratio": None,
         "note": "sft has no hit in the top 10",
@@ -125,13 +165,21 @@ def test_predictions_of_other_rows_are_refused(test_rows):
     rere = lm_predictions(test_rows, [0, 1], [["A"], ["B"]])
     sasrec = sasrec_predictions(test_rows, [["A"]] * 4)
     with pytest.raises(ValueError, match="sft_predictions: its test rows do not match"):
-        compare_models(test_rows, test_rows, PARAMS, sasrec=sasrec, sft=sft, rere=rere)
+        compare_models(test_rows, test_rows, TRAIN, PARAMS, sasrec=sasrec, sft=sft, rere=rere)
     with pytest.raises(ValueError, match="sasrec_predictions: its test rows do not match"):
-        compare_models(test_rows, test_rows, PARAMS, sasrec=sasrec.iloc[::-1], sft=rere, rere=rere)
+        compare_models(
+            test_rows, test_rows, TRAIN, PARAMS, sasrec=sasrec.iloc[::-1], sft=rere, rere=rere
+        )
     other_valid = test_rows.iloc[::-1].reset_index(drop=True)
     with pytest.raises(ValueError, match="rere_predictions: its valid rows do not match"):
-        compare_models(test_rows, other_valid, PARAMS, sasrec=sasrec, rere=rere)
+        compare_models(test_rows, other_valid, TRAIN, PARAMS, sasrec=sasrec, rere=rere)
     with pytest.raises(ValueError, match="no 'row' column"):
         compare_models(
-            test_rows, test_rows, PARAMS, sasrec=sasrec, sft=rere.drop(columns="row"), rere=rere
+            test_rows,
+            test_rows,
+            TRAIN,
+            PARAMS,
+            sasrec=sasrec,
+            sft=rere.drop(columns="row"),
+            rere=rere,
         )

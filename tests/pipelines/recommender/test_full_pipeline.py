@@ -32,6 +32,8 @@ def test_full_run_writes_models_and_the_evaluation_report(full_run):
     assert test["rows"] == 24  # the test rows both LMs scored (SASRec scored all)
     assert set(test["pairs"]) == {"rere/sft", "rere/sasrec", "sft/sasrec"}
     assert sum(s["rows"] for s in test["slices"].values()) == 24
+    new_item_rows = test["slices"]["new item"]["rows"]
+    assert sum(s["rows"] for s in test["popularity"].values()) == new_item_rows
     assert test["models"]["sft"] == pytest.approx(evaluation["sft"]["test"]["NDCG@10"])
     assert set(valid["models"]) == {"sft", "rere"} and valid["rows"] == 24
     assert "## test: paired comparison (NDCG@10)" in table

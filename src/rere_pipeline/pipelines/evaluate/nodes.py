@@ -186,7 +186,11 @@ def _rows_scored(
 
 
 def compare_models(
-    test: pd.DataFrame, valid: pd.DataFrame, params: dict, **predictions: pd.DataFrame
+    test: pd.DataFrame,
+    valid: pd.DataFrame,
+    train: pd.DataFrame,
+    params: dict,
+    **predictions: pd.DataFrame,
 ) -> dict:
     """Paired comparison of the models, per split, on the rows they all scored (NDCG@``k``).
 
@@ -195,9 +199,14 @@ def compare_models(
     * ``slices``: the same metric on the rows whose history already holds the target title
       (the user buys it again: 5% of test, but a large share of every model's hits) and on
       the rest, so a gain or loss can be traced to one kind of row.
+    * ``popularity``: the new-item rows again, split by how many ``train`` rows have their
+      target title as the target (``compare.popularity_bins``): a target never trained on
+      cannot be learnt, and a gain on rare targets can hide a loss on popular ones.
 
     SASRec's predictions cover test only, so valid compares the LMs.
     """
+    settings = params.get("compare", {})
+    train_counts = train["item_title"].value_counts()
     result = {}
     for split, rows in (("test", test), ("valid", valid)):
         scored = {
@@ -206,11 +215,42 @@ def compare_models(
             if (frame := _rows_scored(name, p, split, rows)) is not None
         }
         if scored:
-            result[split] = _compare_split(split, rows, scored, params.get("compare", {}))
+            result[split] = _compare_split(split, rows, scored, settings, train_counts)
     return result
 
 
-def _compare_split(split: str, rows: pd.DataFrame, scored: dict, settings: dict) -> dict:
+def popularity_labels(bins: list[int]) -> list[str]:
+    """Labels of the buckets ``bins`` (increasing upper bounds) cut counts into: ``[0, 2, 5]``
+    gives ``0``, ``1-2``, ``3-5`` and ``>5``."""
+    if not bins or any(b < 0 for b in bins) or sorted(set(bins)) != list(bins):
+        raise ValueError(
+            f"evaluate.compare.popularity_bins must be increasing counts >= 0, got {bins}"
+        )
+    labels, low = [], 0
+    for high in bins:
+        labels.append(str(high) if low == high else f"{low}-{high}")
+        low = high + 1
+    return [*labels, f">{bins[-1]}"]
+
+
+def _slice(mask: np.ndarray, ndcg: dict[str, np.ndarray]) -> dict:
+    """Rows, mean metric and share of each model's total on the rows of ``mask``."""
+    return {
+        "rows": int(mask.sum()),
+        **{
+            name: float(values[mask].mean()) if mask.any() else None
+            for name, values in ndcg.items()
+        },
+        "share_of_hits": {
+            name: float(values[mask].sum() / values.sum()) if values.any() else None
+            for name, values in ndcg.items()
+        },
+    }
+
+
+def _compare_split(
+    split: str, rows: pd.DataFrame, scored: dict, settings: dict, train_counts: pd.Series
+) -> dict:
     k = int(settings.get("k", 10))
     common = sorted(set.intersection(*(set(frame.index) for frame in scored.values())))
     if not common:
@@ -239,18 +279,14 @@ def _compare_split(split: str, rows: pd.DataFrame, scored: dict, settings: dict)
             ndcg[a], ndcg[b], samples=samples, confidence=confidence, seed=seed
         )
     slices = {
-        label: {
-            "rows": int(mask.sum()),
-            **{
-                name: float(values[mask].mean()) if mask.any() else None
-                for name, values in ndcg.items()
-            },
-            "share_of_hits": {
-                name: float(values[mask].sum() / values.sum()) if values.any() else None
-                for name, values in ndcg.items()
-            },
-        }
+        label: _slice(mask, ndcg)
         for label, mask in (("history holds the target", repeat), ("new item", ~repeat))
+    }
+    bins = [int(b) for b in settings.get("popularity_bins", [0, 2, 5, 10, 20])]
+    bucket = np.searchsorted(bins, train_counts.reindex(target).fillna(0).to_numpy())
+    popularity = {
+        label: _slice(~repeat & (bucket == i), ndcg)
+        for i, label in enumerate(popularity_labels(bins))
     }
     log.info(
         "%s NDCG@%d, paired bootstrap (ratio, low, high): %s",
@@ -271,6 +307,7 @@ def _compare_split(split: str, rows: pd.DataFrame, scored: dict, settings: dict)
         "models": {name: float(values.mean()) for name, values in ndcg.items()},
         "pairs": pairs,
         "slices": slices,
+        "popularity": popularity,
     }
 
 
@@ -335,10 +372,26 @@ def comparison_lines(comparison: dict) -> list[str]:
         "",
         f"{metric} by kind of row (in brackets: that kind's share of the model's total):",
         "",
-        "| rows | n | " + " | ".join(models) + " |",
+        *slice_table("rows", comparison["slices"], models),
+    ]
+    if "popularity" in comparison:  # comparisons written before it existed have none
+        lines += [
+            "",
+            f"{metric} of the new-item rows by how many train rows have their target as the "
+            "target (in brackets: the share of the model's total):",
+            "",
+            *slice_table("target's train rows", comparison["popularity"], models),
+        ]
+    return [*lines, ""]
+
+
+def slice_table(header: str, slices: dict, models: list[str]) -> list[str]:
+    """Markdown rows of ``compare_models``' slices: rows, then each model's metric (share)."""
+    lines = [
+        f"| {header} | n | " + " | ".join(models) + " |",
         "|---" * (len(models) + 2) + "|",
     ]
-    for label, entry in comparison["slices"].items():
+    for label, entry in slices.items():
         cells = [
             "-"
             if entry[m] is None
@@ -347,7 +400,7 @@ def comparison_lines(comparison: dict) -> list[str]:
             for m in models
         ]
         lines.append(f"| {label} | {entry['rows']} | " + " | ".join(cells) + " |")
-    return [*lines, ""]
+    return lines
 
 
 def curves_figure(evaluation: dict, params: dict):

@@ -45,6 +45,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 {
                     "test": "test",
                     "valid": "valid",
+                    "train": "train",
                     "params": "params:evaluate",
                     "sasrec": "sasrec_predictions",
                     "sft": "sft_predictions",
