@@ -36,6 +36,16 @@ def test_a_run_resumes_its_own_checkpoints_but_not_those_of_other_starting_weigh
     assert changed != checkpoints.fingerprint({**params, "max_steps": 5}, prompts, model)
 
 
+def test_a_run_on_other_rows_does_not_resume_even_with_the_same_count_and_first_row():
+    model = torch.nn.Linear(3, 2)
+    params = {"learning_rate": 1e-4}
+    prompts = pd.DataFrame({"input_ids": [[5, 6, 7], [8, 9], [10]]})
+    stamp = checkpoints.fingerprint(params, prompts, model)
+    assert stamp == checkpoints.fingerprint(params, prompts.copy(), model)
+    for other in ([[5, 6, 7], [8, 9], [11]], [[5, 6, 7], [10], [8, 9]], [[5, 6, 7], [8], [9, 10]]):
+        assert checkpoints.fingerprint(params, pd.DataFrame({"input_ids": other}), model) != stamp
+
+
 def test_training_chooses_on_valid_rows_that_evaluation_does_not_report():
     from rere_pipeline.pipelines.evaluate.nodes import scored_rows
 

@@ -16,6 +16,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -25,16 +26,13 @@ log = logging.getLogger(__name__)
 
 
 def fingerprint(params: dict, prompts: pd.DataFrame, start: torch.nn.Module) -> str:
-    """Hash of the parameters, the row count, the first prompt's tokens and the starting
-    weights."""
+    """Hash of the parameters, every row's tokens (in order) and the starting weights."""
+    rows = hashlib.sha256()
+    for ids in prompts["input_ids"]:  # ~10 ms for the 9,720 train rows
+        rows.update(np.asarray(ids, dtype=np.int64).tobytes() + b"|")
     return hashlib.sha256(
         json.dumps(
-            {
-                "params": params,
-                "rows": len(prompts),
-                "first": list(map(int, prompts["input_ids"].iloc[0])),
-                "start": weights_digest(start),
-            },
+            {"params": params, "rows": rows.hexdigest(), "start": weights_digest(start)},
             sort_keys=True,
             default=str,
         ).encode()
