@@ -91,11 +91,11 @@ def test_first_challenger_becomes_champion_then_only_a_better_one_replaces_it(
 
     equal = register(tiny_backbone, small_catalogue, template, 0.10)
     assert not registry.promote(NAME, margin=0.0).promoted
-    assert aliases()["champion"] == first and equal != first
+    assert aliases() == {"champion": first, "challenger": equal}
 
     within_margin = register(tiny_backbone, small_catalogue, template, 0.105)
     assert not registry.promote(NAME, margin=0.01).promoted
-    assert aliases()["champion"] == first and within_margin != first
+    assert aliases() == {"champion": first, "challenger": within_margin}
 
     better = register(tiny_backbone, small_catalogue, template, 0.12)
     decision = registry.promote(NAME, margin=0.01)

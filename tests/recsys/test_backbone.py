@@ -73,5 +73,5 @@ def test_a_failed_save_leaves_the_previous_model(tiny_backbone, tmp_path, monkey
 
 
 def test_missing_model_names_the_path(tmp_path):
-    with pytest.raises(Exception, match="config.json missing"):
+    with pytest.raises(DatasetError, match="config.json missing"):
         HFModelDataset(path=str(tmp_path / "nothing")).load()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -80,8 +81,12 @@ def test_batching_and_order_do_not_change_results(recommender, histories):
 
 def test_timings_are_recorded(recommender, histories):
     timings = DecodeTimings()
+    start = time.perf_counter()
     recommender.decode(recommender.prompt_ids(histories[:3]), timings=timings)
+    elapsed = time.perf_counter() - start
     assert {"prefill", "model", "constraint"} <= set(timings.seconds)
+    assert all(seconds > 0 for seconds in timings.seconds.values())
+    assert sum(timings.seconds.values()) <= elapsed  # parts of the decode, counted once
 
 
 def test_shared_prefix_attention_equals_sdpa_on_copied_prompt_cache():

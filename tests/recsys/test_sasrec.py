@@ -99,7 +99,7 @@ def test_collaborative_score_agrees_with_score(trained):
     assert scores.dtype == torch.float32 and scores.shape == (3,)
     full = model.score(histories)
     assert torch.allclose(scores, full[torch.arange(3), torch.tensor(items)])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="3 histories for 2 items"):
         sasrec.collaborative_score(model, histories, items[:2])
 
 

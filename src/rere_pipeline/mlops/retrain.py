@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 LOG_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 DAY = 86_400
+# A new catalogue row may not give a known item_id another title (quarantined otherwise).
+KNOWN_TITLE_RULE = "item_id.known_title"
 
 
 class RetrainLocked(RuntimeError):
@@ -248,7 +250,7 @@ def _quarantine_retitled(
     old = clean["item_id"].map(titles)
     retitled = clean.index[old.notna() & (old != clean["title"])].tolist()
     if retitled:
-        rule = validation.Rule("item_id.known_title", "item_id", lambda: None)
+        rule = validation.Rule(KNOWN_TITLE_RULE, "item_id", lambda: None)
         moved = validation.quarantine_rows(
             raw.reset_index(drop=True), retitled, {i: [rule] for i in retitled}, outcome.source
         )

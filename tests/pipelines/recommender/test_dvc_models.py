@@ -40,7 +40,7 @@ def test_dvc_versions_a_lora_adapter_and_round_trips_it(tmp_path):
     run_cli(["dvc", "repro", "sft"], cwd=project, env=TEST_ENV)
     adapter = project / ADAPTER
     assert {"adapter_config.json", "adapter_model.safetensors"} <= set(_digests(adapter))
-    before = _digests(adapter)
+    first = _digests(adapter)
 
     # only what changed is rebuilt: a new SFT parameter reruns sft, nothing upstream
     params = project / "conf/base/parameters_sft.yml"
@@ -50,6 +50,7 @@ def test_dvc_versions_a_lora_adapter_and_round_trips_it(tmp_path):
         assert f"Stage '{stage}' didn't change, skipping" in out
     assert "Running stage 'sft'" in out
     before = _digests(adapter)
+    assert before["adapter_model.safetensors"] != first["adapter_model.safetensors"]  # retrained
 
     inputs = {path: _sha256(project / path) for path in MODEL_INPUT}
     run_cli(["dvc", "push", "--with-deps", "sft"], cwd=project)

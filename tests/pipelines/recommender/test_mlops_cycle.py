@@ -82,12 +82,14 @@ def test_demo_retrain_registers_a_challenger_and_records_the_logs(cycle):
     aliases, versions = registry_state(cycle)
     assert versions == [1, 2] and aliases["challenger"] == "2"
     decision = report["decision"]
-    assert aliases["champion"] == ("2" if decision["promoted"] else "1")
-    assert decision["challenger_score"] > decision["champion_score"] or not decision["promoted"]
+    # both scored; promoted exactly when the challenger beats the champion by the margin
+    assert decision["champion_version"] == "1" and decision["margin"] == 0.0
+    better = decision["challenger_score"] > decision["champion_score"] + decision["margin"]
+    assert decision["promoted"] == better
+    assert aliases["champion"] == ("2" if better else "1")
     tags = mlflow.MlflowClient().get_model_version(NAME, "2").tags
-    assert (
-        tags["promotion.decision"] in ("promoted", "rejected") and tags["warm_start_version"] == "1"
-    )
+    assert tags["promotion.decision"] == ("promoted" if better else "rejected")
+    assert tags["warm_start_version"] == "1"
     assert [e["file"] for e in json.loads((cycle / LEDGER).read_text())] == ["demo_last_month.csv"]
 
     # nothing new: a no-op that says so, and the registry does not move
