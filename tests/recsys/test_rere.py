@@ -390,8 +390,8 @@ def test_an_interrupted_rl_run_resumes_from_its_checkpoint(
 class _ScriptedValid(rere.ValidNDCGCallback):
     """A valid callback whose per-row NDCG@10 at each scoring is given, not decoded."""
 
-    def __init__(self, scores):
-        super().__init__([[1]], ["t"], None, [], every=1)
+    def __init__(self, scores, collapse_ratio: float = 0.5):
+        super().__init__([[1]], ["t"], None, [], every=1, collapse_ratio=collapse_ratio)
         self.scripted = iter(scores)
 
     def score(self, model):
@@ -433,6 +433,66 @@ def test_keep_best_undoes_a_collapse_but_not_a_near_tie():
     assert _kept_step([before, final, collapsed], confidence=0.95) == (1, 1)
     # the final step being the best needs no comparison
     assert _kept_step([before, collapsed, final], confidence=0.95) == (2, 2)
+
+
+@pytest.mark.parametrize("ratio, stops_at", [(0.5, 3), (0.0, None)])
+def test_training_stops_when_valid_ndcg_collapses(ratio, stops_at):
+    from transformers import TrainerControl, TrainerState
+
+    # before RL 0.4; then 0.3 and 0.21 (above half of it), then 0.19 (below)
+    callback = _ScriptedValid([[0.4] * 5, [0.3] * 5, [0.21] * 5, [0.19] * 5], ratio)
+    model, state, control = torch.nn.Linear(1, 1), TrainerState(), TrainerControl()
+    callback._record(0, model)
+    stopped = None
+    for step in (1, 2, 3):
+        state.global_step = step
+        callback.on_step_end(None, state, control, model=model)
+        if control.should_training_stop and stopped is None:
+            stopped = step
+    assert stopped == stops_at
+    assert [h["step"] for h in callback.history] == [0, 1, 2, 3]
+
+
+def test_objectives_and_reference_sync_reach_trls_config(tmp_path):
+    def config(**params):
+        return rere.grpo_config({**PARAMS, **params}, str(tmp_path), 16, use_cuda=False)
+
+    # the paper's design space: GRPO, DAPO's token-level loss, GSPO's sequence-level ratio
+    for objective, expected in {
+        "grpo": ("grpo", "token"),
+        "dapo": ("dapo", "token"),
+        "gspo": ("grpo", "sequence"),
+    }.items():
+        args = config(objective=objective)
+        assert (args.loss_type, args.importance_sampling_level) == expected, objective
+    assert not config().sync_ref_model
+    synced = config(sync_ref_model={"enabled": True, "steps": 25, "alpha": 0.6})
+    assert (synced.sync_ref_model, synced.ref_model_sync_steps) == (True, 25)
+    assert synced.ref_model_mixup_alpha == 0.6
+    args = config()
+    assert (args.num_generations, args.per_device_train_batch_size, args.beta) == (G, 2 * G, 1e-3)
+    with pytest.raises(ValueError, match="objective"):
+        config(objective="ppo")
+
+
+def test_dapo_with_reference_sync_trains_and_moves_the_reference(
+    recommender, tiny_backbone, dataset, tmp_path
+):
+    trainer = _trainer(
+        recommender,
+        tiny_backbone,
+        dataset,
+        tmp_path,
+        objective="dapo",
+        max_steps=2,
+        sync_ref_model={"enabled": True, "steps": 1, "alpha": 1.0},
+    )
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    policy, reference = trainer.model.state_dict(), trainer.ref_model.state_dict()
+    assert any(not torch.equal(start[k], v) for k, v in policy.items())  # the policy moved
+    # alpha 1, every step: the reference is the policy after each step
+    assert all(torch.equal(reference[k], v) for k, v in policy.items())
 
 
 def test_plain_lm_head_gives_trls_log_probabilities(recommender, tiny_backbone, dataset, tmp_path):
