@@ -31,7 +31,9 @@ def store(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(None)
 
 
-def register(tiny_backbone, small_catalogue, template, score: float, rows: str = "rows-a") -> str:
+def register(
+    tiny_backbone, small_catalogue, template, score: float, rows: str = "rows-a", **tags
+) -> str:
     with mlflow.start_run():
         info = serving.log_recommender(
             tiny_backbone,
@@ -43,7 +45,7 @@ def register(tiny_backbone, small_catalogue, template, score: float, rows: str =
             registered_model_name=NAME,
         )
     version = str(info.registered_model_version)
-    registry.set_challenger(NAME, version, {"valid_ndcg_at_10": score, "valid_rows": rows})
+    registry.set_challenger(NAME, version, {"valid_ndcg_at_10": score, "valid_rows": rows, **tags})
     return version
 
 
@@ -117,13 +119,77 @@ def test_different_valid_rows_are_rescored_on_common_rows(
         registry.promote(NAME)
     calls = []
 
-    def rescore(uris):
-        calls.append(uris)
+    def rescore(uris, newer_than):
+        calls.append((uris, newer_than))
         return [0.2, 0.1]  # challenger, champion on the same rows
 
     decision = registry.promote(NAME, rescore=rescore)
-    assert calls == [[f"models:/{NAME}/{challenger}", f"models:/{NAME}/{champion}"]]
+    # neither version says when its training data ends: any row may rescore them
+    assert calls == [([f"models:/{NAME}/{challenger}", f"models:/{NAME}/{champion}"], None)]
     assert decision.promoted and aliases()["champion"] == challenger
+
+
+def test_rescoring_rows_are_newer_than_both_models_training(
+    store, tiny_backbone, small_catalogue, template
+):
+    register(tiny_backbone, small_catalogue, template, 0.3, rows="a", trained_before="1000")
+    registry.promote(NAME)
+    register(tiny_backbone, small_catalogue, template, 0.1, rows="b", trained_before="5000")
+    calls = []
+    registry.promote(NAME, rescore=lambda uris, newer_than: calls.append(newer_than) or [0.2, 0.1])
+    assert calls == [5000]
+
+
+def test_a_retrain_challenger_is_judged_by_its_comparison_with_this_champion(
+    store, tiny_backbone, small_catalogue, template
+):
+    champion = register(tiny_backbone, small_catalogue, template, 0.30, rows="release")
+    registry.promote(NAME)
+    # scored in its cycle on the new valid window: itself 0.2, the champion 0.15
+    tags = {registry.COMPARED_WITH: champion, registry.COMPARED_SCORE: "0.15"}
+    challenger = register(tiny_backbone, small_catalogue, template, 0.2, rows="window", **tags)
+
+    def rescore(uris, newer_than):
+        raise AssertionError("the recorded comparison needs no rescoring")
+
+    decision = registry.promote(NAME, rescore=rescore)
+    assert (decision.challenger_score, decision.champion_score) == (0.2, 0.15)
+    assert decision.promoted and aliases()["champion"] == challenger
+
+    # compared with another champion than the one now holding the alias: rescored
+    tags = {registry.COMPARED_WITH: champion, registry.COMPARED_SCORE: "0.01"}
+    register(tiny_backbone, small_catalogue, template, 0.5, rows="window-2", **tags)
+    calls = []
+    decision = registry.promote(NAME, rescore=lambda u, n: calls.append(u) or [0.1, 0.2])
+    assert len(calls) == 1 and not decision.promoted and aliases()["champion"] == challenger
+
+
+def test_promote_refuses_to_rescore_a_retrain_model_on_the_rows_it_trained_on(
+    store, tiny_backbone, small_catalogue, template
+):
+    from rere_pipeline.pipelines.registry.nodes import promote_challenger
+
+    titles = small_catalogue["title"].tolist()
+    valid = pd.DataFrame(
+        {
+            "history_item_title": [[titles[1]], [titles[2]]],
+            "item_title": [titles[3], titles[4]],
+            "timestamp": [2000, 3000],
+        }
+    )
+    evaluate_params = {"max_rows": {"valid": None}}
+    release = register(tiny_backbone, small_catalogue, template, 0.3, "a", trained_before="2000")
+    registry.promote(NAME)
+    # a model of the same release on other rows: both rescored on the whole valid split
+    register(tiny_backbone, small_catalogue, template, 0.1, "b", trained_before="2000")
+    decision = promote_challenger(valid, {"model_name": NAME}, evaluate_params)
+    assert decision["challenger_score"] == decision["champion_score"]  # the same weights
+    assert not decision["promoted"] and aliases()["champion"] == release
+    # a model trained on events up to after the valid period: no row can judge it here
+    register(tiny_backbone, small_catalogue, template, 0.9, "c", trained_before="4000")
+    with pytest.raises(ValueError, match="none of the 2 rows of data/05_model_input/valid"):
+        promote_challenger(valid, {"model_name": NAME}, evaluate_params)
+    assert aliases()["champion"] == release
 
 
 def test_score_models_ranks_with_each_model_on_the_same_rows(

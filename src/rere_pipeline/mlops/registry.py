@@ -2,11 +2,18 @@
 
 Every registered version of ``rere-recommender`` carries the evidence promotion needs as
 tags: ``valid_ndcg_at_10`` and ``valid_rows`` (a fingerprint of the valid rows and beam width
-it was scored on). ``promote`` compares challenger and champion **on the same rows**: when the
-fingerprints differ (e.g. after a retrain moved the split), the caller's ``rescore`` scores both
-again on common rows. The alias ``champion`` moves only when the challenger beats the champion
-by more than ``margin``; the decision and its reason are written to the challenger's tags
-(``promotion.*``) either way, and nothing else about the champion is ever touched.
+it was scored on) and ``trained_before`` (Unix seconds: every row it trained on has an earlier
+target). ``promote`` compares challenger and champion **on the same rows**, rows neither trained
+on. When the fingerprints differ (e.g. after a retrain moved the split) it uses, in order:
+
+* the comparison recorded when the challenger was trained, if it is against this very
+  champion (a retrain cycle scores both on its new valid window: ``compared_with_*`` tags);
+* the caller's ``rescore``, told the newest ``trained_before`` of the two, on rows from then on
+  (a retrain model trained on the release's valid period: those rows cannot judge it).
+
+The alias ``champion`` moves only when the challenger beats the champion by more than
+``margin``; the decision and its reason are written to the challenger's tags (``promotion.*``)
+either way, and nothing else about the champion is ever touched.
 """
 
 from __future__ import annotations
@@ -24,6 +31,10 @@ from mlflow.exceptions import MlflowException
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+# Tags of a version that a retrain cycle scored against the champion it warm-started from,
+# on the same new valid rows.
+COMPARED_WITH, COMPARED_SCORE = "compared_with_version", "compared_with_valid_ndcg_at_10"
+TRAINED_BEFORE = "trained_before"
 
 
 def rows_fingerprint(rows: pd.DataFrame, beam_width: int) -> str:
@@ -78,12 +89,14 @@ def decide(challenger: float, champion: float | None, margin: float) -> tuple[bo
 def promote(
     name: str,
     margin: float = 0.0,
-    rescore: Callable[[list[str]], list[float]] | None = None,
+    rescore: Callable[[list[str], int | None], list[float]] | None = None,
 ) -> Decision:
     """Move ``champion`` to the ``challenger`` version if it is better on the same valid rows.
 
-    ``rescore(model_uris) -> valid NDCG@10 each``, on rows common to all of them, is called
-    only when the two versions were scored on different rows (their ``valid_rows`` tags).
+    ``rescore(model_uris, newer_than) -> valid NDCG@10 each``, on rows common to all of them
+    whose target is from ``newer_than`` (Unix seconds; None: unknown, any row) on, is called
+    only when the two versions were scored on different rows (their ``valid_rows`` tags) and
+    the challenger holds no comparison with this champion.
     """
     client = mlflow.MlflowClient()
     challenger = version_by_alias(client, name, CHALLENGER)
@@ -109,15 +122,29 @@ def promote(
     if champion is not None and challenger.tags.get("valid_rows") != champion.tags.get(
         "valid_rows"
     ):
-        if rescore is None:
+        if challenger.tags.get(COMPARED_WITH) == str(champion.version):
+            best = float(challenger.tags[COMPARED_SCORE])
+            log.info(
+                "challenger v%s was scored against champion v%s on its own valid rows when it "
+                "was trained: %.4f vs %.4f",
+                challenger.version,
+                champion.version,
+                score,
+                best,
+            )
+        elif rescore is None:
             raise ValueError(
                 f"challenger v{challenger.version} and champion v{champion.version} were scored on "
                 "different valid rows and no rescoring function was given"
             )
-        log.info("challenger and champion were scored on different rows: scoring both again")
-        score, best = rescore(
-            [f"models:/{name}/{challenger.version}", f"models:/{name}/{champion.version}"]
-        )
+        else:
+            known = [v.tags.get(TRAINED_BEFORE) for v in (challenger, champion)]
+            newer_than = max((int(t) for t in known if t), default=None)
+            log.info("challenger and champion were scored on different rows: scoring both again")
+            score, best = rescore(
+                [f"models:/{name}/{challenger.version}", f"models:/{name}/{champion.version}"],
+                newer_than,
+            )
     promoted, reason = decide(score, best, margin)
     decision = Decision(
         promoted,

@@ -10,6 +10,7 @@ from rere_pipeline.mlops import registry, serving
 from rere_pipeline.pipelines.evaluate.nodes import scored_rows
 from rere_pipeline.recsys.backbone import Backbone, weights_digest
 from rere_pipeline.recsys.prompts import PromptTemplate
+from rere_pipeline.recsys.sequences import iso_date
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +91,30 @@ def register_model(
         tags={"source_model": tags["source_model"]},
     )
     version = str(info.registered_model_version)
-    registry.set_challenger(params["model_name"], version, tags)
+    # every row the model trained on has a target before the valid rows it is scored on
+    trained_before = {registry.TRAINED_BEFORE: str(int(valid["timestamp"].min()))}
+    registry.set_challenger(params["model_name"], version, {**tags, **trained_before})
     return version, info.model_uri
 
 
 def promote_challenger(valid: pd.DataFrame, params: dict, evaluate_params: dict) -> dict:
-    """Move ``champion`` to the challenger only if it beats the champion on valid NDCG@10."""
+    """Move ``champion`` to the challenger only if it beats the champion on valid NDCG@10.
 
-    def rescore(model_uris: list[str]) -> list[float]:
-        rows = scored_rows(valid, evaluate_params, "valid")
-        return serving.score_models(model_uris, rows, k=10)
+    Two versions scored on different rows are scored again on the valid rows neither trained
+    on (``registry.promote``): all of them for two models of this release; none for a model a
+    retrain trained on later events, which is then compared in its own cycle, not here."""
+
+    def rescore(model_uris: list[str], newer_than: int | None) -> list[float]:
+        rows = valid if newer_than is None else valid[valid["timestamp"] >= newer_than]
+        if rows.empty:
+            raise ValueError(
+                f"{' and '.join(model_uris)} were scored on different valid rows, and none of "
+                f"the {len(valid)} rows of data/05_model_input/valid.parquet is from after both "
+                f"trained (one trained on events until {iso_date(newer_than)}): on these rows the "
+                "newer model would be judged on what it trained on. A retrain cycle compares "
+                "its challenger with the champion on its own new valid window"
+            )
+        return serving.score_models(model_uris, scored_rows(rows, evaluate_params, "valid"), k=10)
 
     decision = registry.promote(
         params["model_name"], margin=float(params.get("margin", 0.0)), rescore=rescore

@@ -121,6 +121,9 @@ def retrain_cycle(
                 "source_model": "retrain",
                 "warm_start_version": str(champion.version),
                 **score_tags(scores["challenger"]),
+                # the champion on the same new rows: what a later `promote` compares with
+                registry.COMPARED_WITH: str(champion.version),
+                registry.COMPARED_SCORE: f"{scores['champion']['valid']['NDCG@10']:.6f}",
                 "new_logs": ",".join(f["file"] for f in batch.files),
             },
             registry_params,
@@ -183,7 +186,8 @@ def new_rows_rescorer(
     the same rows with ``score_uri``. A challenger alias moved by another ``register`` in the
     meantime stops the promotion, since this cycle did not score that model."""
 
-    def rescore(model_uris: list[str]) -> list[float]:
+    def rescore(model_uris: list[str], newer_than: int | None = None) -> list[float]:
+        # newer_than is moot: the cycle's valid window is newer than any model's training
         if model_uris[0] != challenger:
             raise RuntimeError(
                 f"the challenger alias moved to {model_uris[0]} during this retrain (it registered "
