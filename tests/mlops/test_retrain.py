@@ -120,6 +120,49 @@ def test_null_cells_of_a_parquet_log_break_the_rules_like_empty_csv_cells(tmp_pa
     assert batch.new_events == 2
 
 
+def test_an_unreadable_file_still_leaves_the_batchs_bad_rows_in_the_quarantine(tmp_path):
+    drop, quarantine_dir = tmp_path / "new_logs", tmp_path / "quarantine"
+    drop.mkdir()
+    rows = [("u", "1", str(T0 + i)) for i in range(9)] + [("u", "77", str(T0))]
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(
+        drop / "a.csv", index=False
+    )
+    (drop / "b.parquet").write_bytes(b"not a parquet file")
+    limits = validation.Limits.from_params({"max_bad_fraction": 0.2})
+    files = _new(drop / "a.csv") + _new(drop / "b.parquet")
+    with pytest.raises(validation.DataValidationError, match="b.parquet: file is unreadable"):
+        retrain.validate_new_files(files, CATALOGUE, limits, quarantine_dir)
+    [written] = quarantine_dir.glob("a-*.csv")
+    assert pd.read_csv(written)["item_id"].tolist() == [77]
+
+
+def test_a_parquet_integer_column_stored_as_float_for_its_nulls_reads_as_integers(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    drop = tmp_path / "new_logs"
+    drop.mkdir()
+    # as pyarrow, Spark or DuckDB write it: no pandas metadata, a float column for the null
+    table = pa.table(
+        {
+            "user_id": ["u", "v", "w"],
+            "item_id": pa.array([1.0, None, 2.0], pa.float64()),
+            "timestamp": pa.array([T0, T0 + 1, T0 + 2], pa.int64()),
+            "rating": pa.array([4.5, 5.0, 3.0], pa.float64()),
+        }
+    )
+    pq.write_table(table, drop / "e.parquet")
+    raw = retrain.read_log(drop / "e.parquet")
+    assert raw["item_id"].tolist() == ["1", "", "2"]
+    assert raw["rating"].tolist() == ["4.5", "5.0", "3.0"]  # a real float column stays
+    limits = validation.Limits.from_params({"max_bad_fraction": 0.5})
+    batch = retrain.validate_new_files(
+        _new(drop / "e.parquet"), CATALOGUE, limits, tmp_path / "quarantine"
+    )
+    [quarantine] = batch.quarantine.values()
+    assert quarantine["source_row"].tolist() == [1] and batch.new_events == 2
+
+
 def test_a_catalogue_drop_cannot_retitle_a_known_item(tmp_path):
     drop = tmp_path / "new_logs"
     drop.mkdir()

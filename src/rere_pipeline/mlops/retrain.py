@@ -71,7 +71,7 @@ def read_log(path: Path) -> pd.DataFrame:
     """A dropped file with every cell as text (validation checks the types), its source named."""
     try:
         if path.name.endswith(".parquet"):
-            frame = pd.read_parquet(path)
+            frame = pd.read_parquet(path).apply(_whole_floats_as_integers)
             # a null cell becomes "" as in a CSV (not NaN, which the text rules skip)
             frame = frame.astype(object).where(frame.notna(), "").astype(str)
         else:
@@ -82,6 +82,17 @@ def read_log(path: Path) -> pd.DataFrame:
         ) from exc
     frame.attrs["source"] = str(path)
     return frame
+
+
+def _whole_floats_as_integers(column: pd.Series) -> pd.Series:
+    """An integer column that a writer without pandas metadata (pyarrow, Spark, DuckDB) stored
+    as float for its nulls: back to integers, so that ids read "12", not "12.0"."""
+    if not pd.api.types.is_float_dtype(column):
+        return column
+    values = column.dropna()
+    if len(values) and (values == values.round()).all():
+        return column.astype("Int64")
+    return column
 
 
 def is_catalogue_file(path: Path) -> bool:
@@ -197,10 +208,14 @@ def validate_new_files(
     """
     batch = Batch()
     known = catalogue[["item_id", "title"]]
-    outcomes = []
+    outcomes, unreadable = [], []
     for new in files:
         path, digest = new.path, new.sha256
-        raw = read_log(path)
+        try:
+            raw = read_log(path)
+        except validation.DataValidationError as exc:
+            unreadable.append(exc)  # the other files are still checked, their bad rows kept
+            continue
         name = f"{path.name.split('.')[0]}-{digest[:8]}"
         if is_catalogue_file(path):
             outcome = validation.validate_catalogue(raw, limits)
@@ -236,6 +251,8 @@ def validate_new_files(
             }
         )
     save_quarantine(batch, Path(quarantine_dir))
+    if unreadable:
+        raise unreadable[0]
     validation.raise_if_fatal(validation.combined_report(outcomes, limits))
     return batch
 
