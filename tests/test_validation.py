@@ -149,6 +149,25 @@ def test_missing_column_is_fatal_and_names_file_column_rule(raw_release, catalog
     )
 
 
+def test_a_file_without_data_rows_is_fatal(raw_release, catalogue):
+    frame = raw_release["valid"].iloc[:0]  # the header alone
+    frame.attrs["source"] = "valid.csv.gz"
+    outcome = validation.validate_release_rows(frame, catalogue, LIMITS)
+    with pytest.raises(
+        validation.DataValidationError,
+        match=re.escape("valid.csv.gz: the file holds no data rows (rule: schema.has_rows)"),
+    ):
+        validation.raise_if_fatal(validation.combined_report([outcome], LIMITS))
+
+
+def test_open_timestamp_bounds_mean_any_time_and_now():
+    limits = validation.Limits.from_params({"timestamp_range": [None, None]})
+    assert limits.timestamp_min == 0 and limits.timestamp_max is None
+    assert limits.latest_timestamp > 1_700_000_000
+    dated = validation.Limits.from_params({"timestamp_range": ["2000-01-01", "2001-01-01"]})
+    assert (dated.timestamp_min, dated.timestamp_max) == (946_684_800, 978_307_200)
+
+
 def test_too_many_bad_rows_is_fatal(raw_release, catalogue):
     frame = raw_release["valid"].iloc[:100].copy()
     frame.loc[:9, "rating"] = "11"  # 10% of rows
@@ -182,7 +201,7 @@ def test_readme_documents_every_rule(catalogue):
         *validation.catalogue_rules(),
         *validation.event_log_rules(LIMITS, [0], has_rating=True),
     ]
-    names = {r.name for r in rules} | {"schema.required_column", "readable_csv"}
+    names = {r.name for r in rules} | {"schema.required_column", "schema.has_rows", "readable_csv"}
     names.add(KNOWN_TITLE_RULE)  # the retrain's one rule of its own
     missing = sorted(name for name in names if f"`{name}`" not in readme)
     assert not missing, f"README's validation table lacks {missing}"

@@ -77,7 +77,7 @@ class Limits:
             rating_max=float(rating[1]),
             history_min=int(history[0]),
             history_max=int(history[1]),
-            timestamp_min=to_unix_seconds(times[0]),
+            timestamp_min=to_unix_seconds(times[0]) or 0,  # null: no lower bound
             timestamp_max=to_unix_seconds(times[1]),
         )
 
@@ -401,7 +401,15 @@ def validate_file(
                 "message": f"{source}: required column {column!r} is missing (rule: schema.required_column)",
             }
         )
-    if missing:
+    if raw.empty:
+        outcome.fatal.append(
+            {
+                "column": None,
+                "rule": "schema.has_rows",
+                "message": f"{source}: the file holds no data rows (rule: schema.has_rows)",
+            }
+        )
+    if missing or raw.empty:
         return outcome
 
     raw = raw.reset_index(drop=True)
