@@ -1,7 +1,8 @@
 """Kedro datasets for torch models of this project.
 
 ``SASRecDataset`` saves a ``recsys.sasrec.SASRec`` as a folder holding ``model.safetensors``
-and ``config.json`` (never pickle) and loads it back in eval mode.
+and ``config.json`` (never pickle), replacing the previous folder only once both are written,
+and loads it back in eval mode.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 from kedro.io import AbstractDataset
 
 from rere_pipeline.recsys import sasrec
+from rere_pipeline.recsys.backbone import replace_directory
 
 
 class SASRecDataset(AbstractDataset[sasrec.SASRec, sasrec.SASRec]):
@@ -25,7 +27,8 @@ class SASRecDataset(AbstractDataset[sasrec.SASRec, sasrec.SASRec]):
         return sasrec.load_sasrec(self._path)
 
     def save(self, data: sasrec.SASRec) -> None:
-        sasrec.save_sasrec(data, self._path)
+        # written to a staging folder, then swapped in: a failed save keeps the previous model
+        replace_directory(self._path, lambda staging: sasrec.save_sasrec(data, staging))
 
     def _exists(self) -> bool:
         return (self._path / sasrec.WEIGHTS_FILE).is_file() and (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -90,6 +92,27 @@ def test_save_load_round_trip_gives_identical_scores(trained, tmp_path):
     histories = [[0, 1], [5], [9, 10, 11, 12, 13, 14, 15]]
     assert loaded.config == model.config
     assert torch.equal(loaded.score(histories), model.score(histories))
+
+
+def test_a_failed_save_leaves_the_previous_model(trained, tmp_path, monkeypatch):
+    from kedro.io import DatasetError
+
+    from rere_pipeline.datasets_torch import SASRecDataset
+
+    model, _ = trained
+    dataset = SASRecDataset(path=str(tmp_path / "sasrec"))
+    dataset.save(model)
+    before = {f.name: f.read_bytes() for f in (tmp_path / "sasrec").iterdir()}
+
+    def broken(state, path):  # the weights are written, then the disk fills up
+        Path(path).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sasrec, "save_file", broken)
+    with pytest.raises(DatasetError, match="disk full"):
+        dataset.save(model)
+    assert {f.name: f.read_bytes() for f in (tmp_path / "sasrec").iterdir()} == before
+    assert dataset.load().config == model.config
 
 
 def test_collaborative_score_agrees_with_score(trained):
