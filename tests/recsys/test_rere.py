@@ -10,7 +10,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from rere_pipeline.pipelines.rere.nodes import informative_rows, training_rows
+from rere_pipeline.pipelines.rere.nodes import informative_rows, rl_rows, training_rows
 from rere_pipeline.recsys import rere, rewards
 from rere_pipeline.recsys.decoding import Group, constrained_beam_search
 from rere_pipeline.recsys.recommend import CatalogueRecommender
@@ -545,3 +545,10 @@ def test_shared_prompts_give_the_whole_rows_values_and_gradients(tiny_backbone):
     for name, grad in whole_grads.items():
         scale = float(grad.abs().max())  # summed in another order: float error, relative
         torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
+def test_rl_rows_refuse_prompts_of_other_train_rows():
+    train = pd.DataFrame({"user_id": ["u", "v", "w"], "item_id": [1, 2, 3]})
+    for prompts in (train.iloc[:2], train.iloc[::-1]):  # fewer rows; the same rows reordered
+        with pytest.raises(ValueError, match="not aligned: rebuild the prompts"):
+            rl_rows(prompts, train, {})

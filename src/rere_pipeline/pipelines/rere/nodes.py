@@ -63,10 +63,14 @@ def rl_rows(prompts_train: pd.DataFrame, train: pd.DataFrame, params: dict) -> p
     """Prompt (text and ids), target title, history ids and timestamp of the train rows
     (the first ``train_rows`` of them in ``_budget_order`` when set: the CPU budget)."""
     if not (
-        (prompts_train["user_id"].values == train["user_id"].values).all()
+        len(prompts_train) == len(train)
+        and (prompts_train["user_id"].values == train["user_id"].values).all()
         and (prompts_train["item_id"].values == train["item_id"].values).all()
     ):
-        raise ValueError("prompts_train and train rows are not aligned (rebuild the prompts)")
+        raise ValueError(
+            f"prompts_train ({len(prompts_train)} rows) and train ({len(train)} rows) are not "
+            "aligned: rebuild the prompts (kedro run --pipelines=prompts)"
+        )
     rows = pd.DataFrame(
         {
             "prompt": prompts_train["prompt"].values,
