@@ -115,17 +115,6 @@ def test_a_failed_save_leaves_the_previous_model(trained, tmp_path, monkeypatch)
     assert dataset.load().config == model.config
 
 
-def test_collaborative_score_agrees_with_score(trained):
-    model, _ = trained
-    histories, items = [[0, 1], [5], [7, 8, 9]], [2, 17, 10]
-    scores = sasrec.collaborative_score(model, histories, items)
-    assert scores.dtype == torch.float32 and scores.shape == (3,)
-    full = model.score(histories)
-    assert torch.allclose(scores, full[torch.arange(3), torch.tensor(items)])
-    with pytest.raises(ValueError, match="3 histories for 2 items"):
-        sasrec.collaborative_score(model, histories, items[:2])
-
-
 def test_training_is_seeded():
     rows = _pattern_rows(64, 3)
     config = sasrec.SASRecConfig(num_items=NUM_ITEMS, max_len=5, hidden=8, layers=1)

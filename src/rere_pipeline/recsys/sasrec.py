@@ -312,17 +312,6 @@ def rank(
     return out
 
 
-@torch.no_grad()
-def collaborative_score(
-    model: SASRec, histories: Sequence[Sequence[int]], item_ids: Sequence[int] | torch.Tensor
-) -> torch.Tensor:
-    """Score (a logit) of ``item_ids[i]`` as the next item after ``histories[i]``: ``[N]`` float."""
-    items = torch.as_tensor(item_ids, dtype=torch.int64).reshape(-1, 1)
-    if len(items) != len(histories):
-        raise ValueError(f"{len(histories)} histories for {len(items)} items")
-    return model.score(histories).gather(1, items.to(model.item_emb.weight.device)).reshape(-1)
-
-
 # ---------------------------------------------------------------------------------- files
 
 

@@ -90,10 +90,6 @@ class ItemTrie:
         )
 
     @property
-    def num_nodes(self) -> int:
-        return int(self.edge_count.numel())
-
-    @property
     def depth(self) -> int:
         """Length of the longest completion: the most decoding steps ever needed."""
         return max(len(s) for s in self.sequences)
