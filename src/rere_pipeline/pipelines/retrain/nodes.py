@@ -139,15 +139,10 @@ def retrain_cycle(
         def score_uri(uri: str) -> float:
             return score("champion", serving.load_backbone_from_model(uri))["valid"]["NDCG@10"]
 
+        # the warm-start champion's score on these rows travels in the challenger's
+        # compared_with_* tags; rescoring is only for a champion promoted by hand meanwhile
         challenger = f"models:/{name}/{version}"
-        rescore = new_rows_rescorer(
-            {
-                challenger: valid["NDCG@10"],
-                f"models:/{name}/{champion.version}": scores["champion"]["valid"]["NDCG@10"],
-            },
-            score_uri,
-            challenger,
-        )
+        rescore = new_rows_rescorer({challenger: valid["NDCG@10"]}, score_uri, challenger)
         try:
             decision = registry.promote(
                 name, margin=float(registry_params.get("margin", 0.0)), rescore=rescore
