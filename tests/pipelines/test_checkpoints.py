@@ -1,12 +1,12 @@
 """Resumable checkpoint directories (a run resumes only its own checkpoints) and the valid
-samples training chooses on and evaluation reports on."""
+samples training chooses on and evaluation reports on (``pipelines/samples.py``)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import torch
 
-from rere_pipeline.pipelines import checkpoints
+from rere_pipeline.pipelines import checkpoints, samples
 
 
 def _checkpoint(folder, step: int) -> None:
@@ -47,16 +47,14 @@ def test_a_run_on_other_rows_does_not_resume_even_with_the_same_count_and_first_
 
 
 def test_training_chooses_on_valid_rows_that_evaluation_does_not_report():
-    from rere_pipeline.pipelines.evaluate.nodes import scored_rows
-
     valid = pd.DataFrame({"user_id": [f"u{i}" for i in range(50)]}, index=range(100, 150))
-    reported = scored_rows(valid, {"max_rows": {"valid": 30, "test": None}}, "valid")
-    chosen_on = checkpoints.selection_sample(valid, 20)  # SFT early stopping, ReRe keep-best
+    reported = samples.scored_rows(valid, {"max_rows": {"valid": 30, "test": None}}, "valid")
+    chosen_on = samples.selection_sample(valid, 20)  # SFT early stopping, ReRe keep-best
     assert len(reported) == 30 and len(chosen_on) == 20
     assert reported.index.is_monotonic_increasing  # in split order, as before
     assert set(reported.index).isdisjoint(chosen_on.index)  # 30 + 20 rows fit in 50
-    assert chosen_on.index.equals(checkpoints.selection_sample(valid, 20).index)  # fixed
-    assert set(checkpoints.selection_sample(valid, 10).index) < set(chosen_on.index)
+    assert chosen_on.index.equals(samples.selection_sample(valid, 20).index)  # fixed
+    assert set(samples.selection_sample(valid, 10).index) < set(chosen_on.index)
     # more than the split holds: they overlap, the whole split when a limit is off
-    assert not set(checkpoints.selection_sample(valid, 30).index).isdisjoint(reported.index)
-    assert checkpoints.report_sample(valid, None) is valid
+    assert not set(samples.selection_sample(valid, 30).index).isdisjoint(reported.index)
+    assert samples.report_sample(valid, None) is valid

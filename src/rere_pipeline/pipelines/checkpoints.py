@@ -1,6 +1,5 @@
-"""Training helpers shared by the ``sft`` and ``rere`` pipelines: resumable directories,
-the valid samples training chooses on and evaluation reports on, and TRL log histories as
-MLflow series.
+"""Training helpers shared by the ``sft`` and ``rere`` pipelines: resumable directories and
+TRL log histories as MLflow series.
 
 A directory of trainer checkpoints is stamped with a fingerprint of the run (parameters, data
 and the weights it starts from): a killed run with the same fingerprint resumes from its newest
@@ -68,28 +67,3 @@ def log_history_series(history: list[dict], keys: list[str] | None = None) -> di
             if isinstance(value, int | float) and not isinstance(value, bool):
                 series.setdefault(key, []).append({"value": float(value), "step": step})
     return series
-
-
-# Valid rows have two uses that must not share rows: training *chooses* on some (SFT's early
-# stopping, ReRe's keep-best and collapse check, tuning's objective) and evaluation *reports*
-# others (the figure promotion compares). Both samples come from one fixed permutation of the
-# split, from its two ends, so they are disjoint while together they fit in the split: a
-# checkpoint picked for its score on some rows is reported on rows it was not picked on.
-def _fixed_order(rows: pd.DataFrame) -> pd.DataFrame:
-    return rows.sample(frac=1.0, random_state=0)
-
-
-def report_sample(rows: pd.DataFrame, n) -> pd.DataFrame:
-    """The rows evaluation scores: the first ``n`` of the fixed permutation, in split order
-    (every row when ``n`` is falsy)."""
-    if not n:
-        return rows
-    return _fixed_order(rows).head(int(n)).sort_index()
-
-
-def selection_sample(rows: pd.DataFrame, n) -> pd.DataFrame:
-    """The rows training chooses on: the last ``n`` of the fixed permutation (every row when
-    ``n`` is falsy), so they miss ``report_sample`` while the two fit in the split together."""
-    if not n:
-        return rows
-    return _fixed_order(rows).iloc[::-1].head(int(n))

@@ -47,8 +47,9 @@ def test_evaluation_has_every_k_for_both_scorings_and_splits(baselines_run):
             for k in KS:
                 assert 0.0 <= entry[f"HR@{k}"] <= 1.0 and 0.0 <= entry[f"NDCG@{k}"] <= 1.0
                 assert entry[f"NDCG@{k}"] <= entry[f"HR@{k}"]
-    assert evaluation["sasrec"]["test"]["rows"] == 4533
-    assert evaluation["sasrec"]["valid"]["rows"] == 4532
+    # the rows every model is reported on: conf/test's evaluate.max_rows
+    assert evaluation["sasrec"]["test"]["rows"] == 24
+    assert evaluation["sasrec"]["valid"]["rows"] == 24
 
 
 def test_model_predictions_and_plot_are_written(baselines_run):
@@ -56,8 +57,10 @@ def test_model_predictions_and_plot_are_written(baselines_run):
     assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "model.safetensors"]
     assert json.loads((model_dir / "config.json").read_text())["hidden"] == 16  # conf/test
     predictions = pd.read_parquet(baselines_run / "data/07_model_output/sasrec_predictions.parquet")
-    assert len(predictions) == 4533
-    assert {"user_id", "item_id", "ranked_item_ids", "ranked_titles"} <= set(predictions)
+    assert len(predictions) == 24
+    assert {"row", "user_id", "item_id", "ranked_item_ids", "ranked_titles"} <= set(predictions)
+    test = pd.read_parquet(baselines_run / "data/05_model_input/test.parquet")
+    assert (test["user_id"].to_numpy()[predictions["row"]] == predictions["user_id"]).all()
     assert all(len(r) == 20 for r in predictions["ranked_item_ids"])
     assert all(len(set(t)) == 20 for t in predictions["ranked_titles"])
     assert (baselines_run / "data/08_reporting/sasrec_training.png").stat().st_size > 0

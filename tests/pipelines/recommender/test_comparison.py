@@ -57,12 +57,15 @@ def lm_predictions(test_rows, rows, titles):
     return pd.concat([valid, test], ignore_index=True)
 
 
-def sasrec_predictions(test_rows, titles):
+def sasrec_predictions(test_rows, titles, rows=None):
+    """SASRec's predictions for ``rows`` (positions in the test split; all by default)."""
+    picked = test_rows.iloc[list(range(len(test_rows)) if rows is None else rows)]
     return pd.DataFrame(
         {
-            "user_id": test_rows["user_id"],
-            "item_id": test_rows["item_id"],
-            "item_title": test_rows["item_title"],
+            "row": picked.index,
+            "user_id": picked["user_id"],
+            "item_id": picked["item_id"],
+            "item_title": picked["item_title"],
             "ranked_titles": titles,
         }
     )
@@ -84,6 +87,11 @@ def test_models_are_compared_on_the_rows_they_all_scored(test_rows):
     assert pair["ratio"] == pytest.approx((2 + half) / (1 + half))
     assert pair["low"] <= pair["ratio"] <= pair["high"]
     assert result["pairs"]["rere/sasrec"]["ratio"] == pytest.approx(2 + half)
+    # SASRec scored a sample of the test split (evaluate.max_rows): the rows all three share
+    sampled = sasrec_predictions(test_rows, [["A"], ["Q"]], rows=[0, 3])
+    on_two = compare_models(test_rows, test_rows, TRAIN, PARAMS, sasrec=sampled, sft=sft)["test"]
+    assert on_two["rows"] == 2
+    assert on_two["models"] == pytest.approx({"sasrec": 0.5, "sft": (half + 0) / 2})
 
     repeat, new = result["slices"]["history holds the target"], result["slices"]["new item"]
     assert (repeat["rows"], new["rows"]) == (1, 2)
@@ -168,7 +176,13 @@ def test_predictions_of_other_rows_are_refused(test_rows):
         compare_models(test_rows, test_rows, TRAIN, PARAMS, sasrec=sasrec, sft=sft, rere=rere)
     with pytest.raises(ValueError, match="sasrec_predictions: its test rows do not match"):
         compare_models(
-            test_rows, test_rows, TRAIN, PARAMS, sasrec=sasrec.iloc[::-1], sft=rere, rere=rere
+            test_rows,
+            test_rows,
+            TRAIN,
+            PARAMS,
+            sasrec=sasrec.assign(row=sasrec["row"].to_numpy()[::-1]),
+            sft=rere,
+            rere=rere,
         )
     other_valid = test_rows.iloc[::-1].reset_index(drop=True)
     with pytest.raises(ValueError, match="rere_predictions: its valid rows do not match"):

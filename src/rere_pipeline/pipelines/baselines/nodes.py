@@ -13,6 +13,7 @@ import time
 import pandas as pd
 from matplotlib.figure import Figure
 
+from rere_pipeline.pipelines.samples import report_sample, rows_limit, selection_sample
 from rere_pipeline.recsys import sasrec
 from rere_pipeline.recsys.metrics import DEFAULT_KS, ranking_metrics, titles_by_first_occurrence
 
@@ -35,11 +36,15 @@ def _metric_name(name: str) -> str:
 def train_sasrec(
     train: pd.DataFrame, valid: pd.DataFrame, catalogue: pd.DataFrame, params: dict
 ) -> tuple[sasrec.SASRec, dict, Figure]:
-    """Train SASRec; return the best model, its per-epoch MLflow metrics and a plot."""
+    """Train SASRec; return the best model, its per-epoch MLflow metrics and a plot.
+
+    Early stopping chooses the epoch on ``valid_rows`` valid rows
+    (``samples.selection_sample``), clear of the rows evaluation reports on."""
     config = sasrec.SASRecConfig(num_items=_num_items(catalogue), **params["model"])
+    chooser = selection_sample(valid, params.get("valid_rows"))
     started = time.perf_counter()
     model, history = sasrec.train_sasrec(
-        train, valid, config, params["train"], progress=bool(params.get("progress", True))
+        train, chooser, config, params["train"], progress=bool(params.get("progress", True))
     )
     seconds = time.perf_counter() - started
     best = max(history, key=lambda r: r["valid_ndcg@10"])
@@ -88,8 +93,10 @@ def evaluate_sasrec(
     test: pd.DataFrame,
     catalogue: pd.DataFrame,
     params: dict,
+    max_rows: dict | int | None,
 ) -> tuple[dict, pd.DataFrame, dict]:
-    """HR/NDCG@K by title and by item id on valid and test; test top-K predictions."""
+    """HR/NDCG@K by title and by item id on the rows ``evaluate`` scores the LMs on
+    (``evaluate.max_rows``); test top-K predictions."""
     settings = params["eval"]
     ks = [int(k) for k in settings.get("ks", DEFAULT_KS)]
     max_k = max(ks)
@@ -99,6 +106,7 @@ def evaluate_sasrec(
     evaluation: dict = {"sasrec": {}, "sasrec_by_id": {}}
     predictions = None
     for split, rows in (("test", test), ("valid", valid)):
+        rows = report_sample(rows, rows_limit(max_rows, split))
         ranked_ids = sasrec.rank(
             model,
             rows,
@@ -126,6 +134,7 @@ def evaluate_sasrec(
             k = int(settings["predictions_k"])
             predictions = pd.DataFrame(
                 {
+                    "row": rows.index.to_numpy(),  # position in the split (report_sample)
                     "user_id": rows["user_id"].to_numpy(),
                     "item_id": rows["item_id"].to_numpy(),
                     "item_title": rows["item_title"].to_numpy(),

@@ -17,7 +17,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 nodes.evaluate_sasrec,
-                ["sasrec_model", "valid", "test", "catalogue", params],
+                ["sasrec_model", "valid", "test", "catalogue", params, "params:evaluate.max_rows"],
                 ["sasrec_evaluation", "sasrec_predictions", "sasrec_metrics"],
                 name="evaluate_sasrec",
             ),

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from rere_pipeline.mlops.registry import rows_fingerprint
-from rere_pipeline.pipelines import checkpoints
+from rere_pipeline.pipelines.samples import scored_rows
 from rere_pipeline.recsys.backbone import Backbone, weights_digest
 from rere_pipeline.recsys.decoding import DecodeTimings
 from rere_pipeline.recsys.metrics import ndcg_per_row, paired_bootstrap_ratio, ranking_metrics
@@ -86,19 +86,6 @@ def evaluate_lm(
     return {model_name: report}, pd.concat(predictions, ignore_index=True)
 
 
-def scored_rows(rows: pd.DataFrame, params: dict, split: str) -> pd.DataFrame:
-    """The rows of ``split`` that evaluation scores: all, or a fixed sample (``max_rows``)
-    that training's valid samples stay clear of (``checkpoints.report_sample``)."""
-    return checkpoints.report_sample(rows, rows_limit(params.get("max_rows"), split))
-
-
-def rows_limit(max_rows, split: str) -> int | None:
-    """``evaluate.max_rows``: null (whole split), one number for every split, or per split."""
-    if isinstance(max_rows, dict):
-        max_rows = max_rows.get(split)
-    return int(max_rows) if max_rows else None
-
-
 def _evaluate_named(model_name: str):
     def evaluate(
         model: Backbone,
@@ -154,20 +141,19 @@ def _rows_scored(
 ) -> pd.DataFrame | None:
     """``predictions``' rows of ``split``, indexed by position in ``rows`` (that split's model
     input), with ``target_title`` and ``titles``; ``None`` when the model did not score the
-    split. An LM's predictions carry ``row`` (``evaluate_lm``); SASRec's are the whole test
-    split in order."""
-    if "split" in predictions:  # an LM: evaluate_lm's predictions
-        if "row" not in predictions:
-            raise ValueError(
-                f"{name}_predictions has no 'row' column (written before it existed): "
-                "re-run its evaluate node"
-            )
+    split. An LM's predictions (``evaluate_lm``) hold every split it scored, SASRec's
+    (``evaluate_sasrec``) the test split."""
+    if "row" not in predictions:
+        raise ValueError(
+            f"{name}_predictions has no 'row' column (written before it existed): "
+            "re-run the node that wrote it"
+        )
+    if "split" in predictions:  # an LM
         picked, columns = predictions[predictions["split"] == split], _LM_COLUMNS
         if picked.empty:
             return None
-    elif split == "test":  # SASRec: evaluate_sasrec's test predictions
-        picked = predictions.assign(row=np.arange(len(predictions)))
-        columns = _SASREC_COLUMNS
+    elif split == "test":  # SASRec
+        picked, columns = predictions, _SASREC_COLUMNS
     else:
         return None
     frame = pd.DataFrame({ours: picked[theirs].to_numpy() for ours, theirs in columns.items()})

@@ -7,7 +7,7 @@ import logging
 import pandas as pd
 
 from rere_pipeline.mlops import registry, serving
-from rere_pipeline.pipelines.evaluate.nodes import scored_rows
+from rere_pipeline.pipelines.samples import scored_rows
 from rere_pipeline.recsys.backbone import Backbone, weights_digest
 from rere_pipeline.recsys.prompts import PromptTemplate
 from rere_pipeline.recsys.sequences import iso_date

@@ -10,7 +10,7 @@ import pandas as pd
 from datasets import Dataset
 from matplotlib.figure import Figure
 
-from rere_pipeline.pipelines import checkpoints
+from rere_pipeline.pipelines import checkpoints, samples
 from rere_pipeline.recsys import rere, rewards
 from rere_pipeline.recsys.backbone import Backbone
 from rere_pipeline.recsys.prompts import PromptTemplate
@@ -184,7 +184,7 @@ def reinforce(
     funcs, func_weights = rewards.build_rewards(
         weights, index, size, sasrec=sasrec_model if "collaborative" in weights else None
     )
-    valid = checkpoints.selection_sample(prompts_valid, params["valid_rows"])
+    valid = samples.selection_sample(prompts_valid, params["valid_rows"])
     output_dir = Path(params["output_dir"])
     resume = checkpoints.prepare(
         output_dir,

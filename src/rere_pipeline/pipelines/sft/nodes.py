@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rere_pipeline.pipelines import checkpoints
+from rere_pipeline.pipelines import checkpoints, samples
 from rere_pipeline.recsys import sft
 from rere_pipeline.recsys.backbone import Backbone
 
@@ -30,7 +30,7 @@ def fine_tune(
 
     Returns the model (any LoRA adapter merged), its loss series and plot, and the adapter's
     files (a note when LoRA is off)."""
-    valid = checkpoints.selection_sample(prompts_valid, params["valid_rows"])
+    valid = samples.selection_sample(prompts_valid, params["valid_rows"])
     output_dir = Path(params["output_dir"])
     resume = checkpoints.prepare(
         output_dir,
