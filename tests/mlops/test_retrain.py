@@ -192,6 +192,26 @@ def test_a_held_lock_refuses_a_second_retrain(tmp_path):
         pass
 
 
+def test_the_demo_waits_for_no_running_retrain_and_writes_nothing_under_its_lock(tmp_path):
+    from rere_pipeline.pipelines.retrain.nodes import demo_new_logs
+
+    log = events([("u", 1, 0), ("u", 2, 40 * DAY), ("v", 3, 50 * DAY)])
+    params = {
+        "store_dir": str(tmp_path / "store"),
+        "lock_file": str(tmp_path / "store" / ".retrain.lock"),
+        "new_logs_dir": str(tmp_path / "new_logs"),
+        "demo": {"holdout_days": 30, "file": "demo.csv"},
+    }
+    with retrain.retrain_lock(params["lock_file"]):  # a retrain is running
+        with pytest.raises(retrain.RetrainLocked, match="another retrain is running"):
+            demo_new_logs(log, params)
+    assert not (tmp_path / "store" / "base.parquet").exists()
+    assert not (tmp_path / "new_logs").exists()
+    demo_new_logs(log, params)  # released: the demo runs
+    assert len(pd.read_csv(tmp_path / "new_logs" / "demo.csv")) == 2  # days 40 and 50
+    assert len(pd.read_parquet(tmp_path / "store" / "base.parquet")) == 1
+
+
 def test_demo_hold_out_splits_the_newest_days():
     log = events([("u", 1, 0), ("u", 2, 40 * DAY), ("v", 3, 50 * DAY), ("v", 4, 70 * DAY)])
     older, held = retrain.hold_out_newest(log, days=30)

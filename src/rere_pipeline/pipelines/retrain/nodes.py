@@ -212,19 +212,21 @@ def _log_metrics(scores: dict, sft_history: dict, rere_history: dict) -> None:
 
 def demo_new_logs(events: pd.DataFrame, params: dict) -> str:
     """Hold out the newest ``demo.holdout_days`` of the seed events as a new log file and
-    start the event store from the rest, so that ``retrain`` has something real to learn."""
+    start the event store from the rest, so that ``retrain`` has something real to learn.
+    Holds the retrain lock: it rewrites the store a running retrain reads."""
     store = retrain.EventStore(params["store_dir"])
-    if store.ledger():
-        raise ValueError(
-            f"the event store {store.root} has processed logs already; the demo starts from a "
-            "fresh store (delete that folder to run the demo again)"
-        )
-    older, held = retrain.hold_out_newest(events, int(params["demo"]["holdout_days"]))
-    (store.root / "base.parquet").unlink(missing_ok=True)
-    store.ensure_base(older)
-    target = Path(params["new_logs_dir"]) / params["demo"]["file"]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    held.to_csv(target, index=False)
+    with retrain.retrain_lock(params["lock_file"]):
+        if store.ledger():
+            raise ValueError(
+                f"the event store {store.root} has processed logs already; the demo starts "
+                "from a fresh store (delete that folder to run the demo again)"
+            )
+        older, held = retrain.hold_out_newest(events, int(params["demo"]["holdout_days"]))
+        (store.root / "base.parquet").unlink(missing_ok=True)
+        store.ensure_base(older)
+        target = Path(params["new_logs_dir"]) / params["demo"]["file"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        held.to_csv(target, index=False)
     message = (
         f"demo: {len(held)} events of the last {params['demo']['holdout_days']} days written to "
         f"{target}; the event store starts from the {len(older)} older events"
