@@ -9,8 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rere_pipeline.recsys import decoding
 from rere_pipeline.recsys.decoding import (
     DecodeTimings,
+    SharedPrefixUnsupported,
     _BeamLayer,
     constrained_beam_search,
     hf_constrained_beam_search,
@@ -123,3 +125,61 @@ def test_shared_prefix_attention_equals_sdpa_on_copied_prompt_cache():
     assert out.shape == expected.shape == (P * G, 1, heads, D)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     assert layer.attended
+
+
+def test_attention_the_shared_prompt_cache_cannot_serve_is_refused():
+    P, G, D = 1, 2, 4
+    layer = _BeamLayer(torch.zeros(P, 1, 3, D), torch.zeros(P, 1, 3, D), G, capacity=1)
+    keys, values = layer.update(torch.zeros(P * G, 1, 1, D), torch.zeros(P * G, 1, 1, D))
+    call = (
+        SimpleNamespace(layer_idx=0),
+        torch.zeros(P * G, 1, 1, D),
+        keys,
+        values,
+        torch.zeros(P, 1, 1, 3),
+    )
+    for extra in ({"softcap": 50.0}, {"sliding_window": 4}, {"s_aux": torch.zeros(1)}):
+        with pytest.raises(SharedPrefixUnsupported, match=next(iter(extra))):
+            shared_prefix_attention(*call, beam_cache=SimpleNamespace(layers=[layer]), **extra)
+
+
+def test_a_soft_capped_model_is_decoded_by_transformers_generate(
+    recommender, histories, caplog, monkeypatch
+):
+    """Gemma 2 soft-caps its attention logits: the shared prompt cache would decode it
+    wrongly, so the search falls back to ``model.generate`` and gives its groups."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = recommender.tokenizer
+    config = Gemma2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        layer_types=["full_attention", "full_attention"],
+        attn_logit_softcapping=2.0,
+        final_logit_softcapping=None,
+        initializer_range=0.5,
+        pad_token_id=recommender.trie.eos_token_id,
+        eos_token_id=recommender.trie.eos_token_id,
+        bos_token_id=recommender.trie.eos_token_id,
+    )
+    model = Gemma2ForCausalLM(config).eval()
+    prompts = recommender.prompt_ids(histories[:4])
+    with caplog.at_level("WARNING", logger="rere_pipeline.recsys.decoding"):
+        ours = constrained_beam_search(model, prompts, recommender.trie, 4, batch_size=3)
+    assert "softcap" in caplog.text and "generate instead" in caplog.text
+    theirs = hf_constrained_beam_search(model, prompts, recommender.trie, 4, batch_size=2)
+    assert [g.items for g in ours] == [g.items for g in theirs]
+    assert all(len(g.items) == 4 for g in ours)
+
+    # the refusal matters: the shared cache ignoring the cap finds other groups
+    monkeypatch.setattr(decoding, "_UNSUPPORTED_ATTENTION", ("sliding_window",))
+    uncapped = decoding._shared_prefix_search(
+        model, prompts, recommender.trie, 4, 3, 0.0, None, None, False
+    )
+    assert [g.items for g in uncapped] != [g.items for g in theirs]

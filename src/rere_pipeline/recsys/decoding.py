@@ -8,7 +8,9 @@ same groups, but does less work:
   prefill, so prefill costs G times more) and its KV cache is never copied to the beams:
   ``shared_prefix_attention`` lets a prompt's G beams read its prompt keys and values in one
   matrix product (registered as an ``AttentionInterface`` implementation, so it serves any
-  model that uses transformers' attention functions);
+  model that uses transformers' attention functions with plain softmax attention; a model
+  with a sliding window, logit soft-capping or attention sinks, or one that bypasses the
+  interface, is decoded by ``hf_constrained_beam_search`` instead, with a warning);
 * the generated part of the cache sits in buffers allocated once; a beam reorder moves only
   those few tokens;
 * many prompts are decoded together; prompts whose beams can no longer improve are dropped
@@ -28,7 +30,9 @@ equality test and the benchmark against ``model.generate``.
 
 from __future__ import annotations
 
+import logging
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -43,6 +47,17 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from rere_pipeline.recsys.trie import ItemTrie
 
 _NEG = -1.0e9  # HF's "impossible" score
+log = logging.getLogger(__name__)
+
+
+class SharedPrefixUnsupported(NotImplementedError):
+    """The model's attention is not plain softmax attention through ``AttentionInterface``."""
+
+
+# attention arguments that change the softmax ``shared_prefix_attention`` computes
+_UNSUPPORTED_ATTENTION = ("sliding_window", "softcap", "s_aux")
+# models found unsupported: decoded by ``hf_constrained_beam_search`` from then on
+_PLAIN_DECODING: weakref.WeakSet = weakref.WeakSet()
 
 
 @dataclass
@@ -107,8 +122,40 @@ def constrained_beam_search(
     """Top-``num_beams`` catalogue items for every prompt (token ids), in beam order.
 
     Prompts are decoded in batches of ``batch_size``, longest first so that each batch has
-    little padding; the result is in the order of ``prompts``.
+    little padding; the result is in the order of ``prompts``. A model whose attention the
+    shared prompt cache cannot serve (``SharedPrefixUnsupported``) gets the same search from
+    ``hf_constrained_beam_search``: slower, never wrong.
     """
+    if model not in _PLAIN_DECODING:
+        try:
+            return _shared_prefix_search(
+                model,
+                prompts,
+                trie,
+                num_beams,
+                batch_size,
+                length_penalty,
+                pad_token_id,
+                timings,
+                progress,
+            )
+        except SharedPrefixUnsupported as reason:
+            log.warning("%s; decoding with transformers' generate instead (slower)", reason)
+            _PLAIN_DECODING.add(model)
+    return hf_constrained_beam_search(
+        model,
+        prompts,
+        trie,
+        num_beams,
+        batch_size=batch_size,
+        length_penalty=length_penalty,
+        pad_token_id=pad_token_id,
+    )
+
+
+def _shared_prefix_search(
+    model, prompts, trie, num_beams, batch_size, length_penalty, pad_token_id, timings, progress
+) -> list[Group]:
     from tqdm.auto import tqdm
 
     pad = trie.eos_token_id if pad_token_id is None else pad_token_id
@@ -218,8 +265,12 @@ def shared_prefix_attention(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
-    if kwargs.get("sliding_window") is not None or query.shape[2] != 1:
-        raise NotImplementedError("shared-prefix attention: one new token, no sliding window")
+    refused = [name for name in _UNSUPPORTED_ATTENTION if kwargs.get(name) is not None]
+    if refused or query.shape[2] != 1:
+        raise SharedPrefixUnsupported(
+            f"{type(module).__name__} attends with {', '.join(refused) or 'several new tokens'}: "
+            "the shared prompt cache serves plain softmax attention of one new token only"
+        )
     layer = beam_cache.layers[module.layer_idx]
     prefix_keys, prefix_values = layer.prefix_keys, layer.prefix_values
     P, kv_heads, L, D = prefix_keys.shape
@@ -397,7 +448,7 @@ def _search_batch(
                 beam_cache=cache,
             )
         if not all(layer.attended for layer in cache.layers):
-            raise RuntimeError(
+            raise SharedPrefixUnsupported(
                 f"{type(model).__name__} does not route attention through transformers' "
                 "AttentionInterface: constrained_beam_search cannot share the prompt cache"
             )
