@@ -26,6 +26,17 @@ class RuntimeHook:
             log.info("torch uses %d thread(s)", torch.get_num_threads())
 
 
+class ParameterCheckHook:
+    """Refuses parameters that cannot mean what they say before anything runs, instead of
+    after an hour of training (each node checks its own again)."""
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        from rere_pipeline.recsys.metrics import check_ranking_depth
+
+        check_ranking_depth(context.params)
+
+
 class StageRunsHook:
     """One nested MLflow run per pipeline stage inside kedro-mlflow's run of the whole ``kedro run``.
 

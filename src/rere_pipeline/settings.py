@@ -6,9 +6,9 @@ configured in ``conf/base/mlflow.yml``; ``StageRunsHook`` adds one nested run pe
 
 from kedro.config import OmegaConfigLoader
 
-from rere_pipeline.hooks import RuntimeHook, StageRunsHook
+from rere_pipeline.hooks import ParameterCheckHook, RuntimeHook, StageRunsHook
 
-HOOKS = (RuntimeHook(), StageRunsHook())
+HOOKS = (RuntimeHook(), ParameterCheckHook(), StageRunsHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

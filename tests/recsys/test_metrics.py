@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from rere_pipeline.recsys.metrics import (
+    check_depth,
+    check_ranking_depth,
     hit_rank,
     ndcg_per_row,
     paired_bootstrap_ratio,
@@ -80,3 +82,16 @@ def test_paired_bootstrap_needs_rows_in_pairs():
         paired_bootstrap_ratio(np.ones(3), np.ones(4))
     with pytest.raises(ValueError, match="equal, non-empty"):
         paired_bootstrap_ratio(np.ones(0), np.ones(0))
+
+
+def test_a_k_above_the_beam_width_is_refused_not_capped():
+    check_depth(20, 20, "evaluate.ks")
+    with pytest.raises(ValueError, match=r"evaluate.ks: K = 20 is above the beam width 5"):
+        check_depth(20, 5, "evaluate.ks")
+    good = {"evaluate": {"ks": [1, 10, 20], "beam_width": 20}, "rere": {"eval_beam_width": 10}}
+    check_ranking_depth(good)
+    check_ranking_depth({})  # nothing to check
+    with pytest.raises(ValueError, match="evaluate.ks: K = 20"):
+        check_ranking_depth({**good, "evaluate": {"ks": [1, 20], "beam_width": 16}})
+    with pytest.raises(ValueError, match=r"rere.eval_beam_width \(valid NDCG@10\): K = 10"):
+        check_ranking_depth({**good, "rere": {"eval_beam_width": 8}})

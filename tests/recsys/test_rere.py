@@ -24,7 +24,7 @@ PARAMS = {
     "objective": "grpo",
     "sampling": "beam",
     "eval_steps": 2,
-    "eval_beam_width": 8,
+    "eval_beam_width": 10,
     "save_steps": 2,
     "logging_steps": 1,
     "progress": False,

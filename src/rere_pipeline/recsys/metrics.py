@@ -13,6 +13,28 @@ from collections.abc import Sequence
 import numpy as np
 
 DEFAULT_KS = (1, 3, 5, 10, 20)
+VALID_K = 10  # the K of the valid NDCG training chooses on (ReRe's keep_best, tuning)
+
+
+def check_depth(k: int, beam_width: int, setting: str) -> None:
+    """Refuse scoring @``k`` a ranking a beam search of ``beam_width`` made: it holds only
+    ``beam_width`` items, so HR@k and NDCG@k would silently equal the figures @beam_width."""
+    if int(k) > int(beam_width):
+        raise ValueError(
+            f"{setting}: K = {k} is above the beam width {beam_width}; a beam search of width "
+            f"{beam_width} ranks only {beam_width} items, so HR@{k} and NDCG@{k} would equal "
+            f"the @{beam_width} figures. Raise the beam width to at least {k} or drop that K."
+        )
+
+
+def check_ranking_depth(params: dict) -> None:
+    """The project's parameters against ``check_depth``: ``evaluate.ks`` against
+    ``evaluate.beam_width`` and ReRe's valid NDCG@10 against ``rere.eval_beam_width``."""
+    evaluate, rere = params.get("evaluate") or {}, params.get("rere") or {}
+    if evaluate.get("ks") and evaluate.get("beam_width"):
+        check_depth(max(int(k) for k in evaluate["ks"]), evaluate["beam_width"], "evaluate.ks")
+    if rere.get("eval_beam_width"):
+        check_depth(VALID_K, rere["eval_beam_width"], "rere.eval_beam_width (valid NDCG@10)")
 
 
 def hit_rank(ranked: Sequence[str], target: str) -> int | None:

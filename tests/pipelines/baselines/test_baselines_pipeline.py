@@ -73,3 +73,16 @@ def test_metrics_are_logged_to_mlflow(baselines_run):
     assert 0.0 <= run["metrics.eval.sasrec_by_id.valid.HR_at_20"] <= 1.0
     assert run["metrics.sasrec.training.epochs_run"] == 1
     assert run["params.baselines.sasrec.model.hidden"] == "16"
+
+
+def test_parameters_that_would_cap_a_metric_stop_the_run_before_it_starts(baselines_run):
+    written = baselines_run / "data/07_model_output/sasrec_evaluation.json"
+    before = written.stat().st_mtime_ns
+    result = run_cli(
+        ["kedro", "run", "--pipelines=baselines", "--env=test", "--params=evaluate.beam_width=5"],
+        cwd=baselines_run,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "evaluate.ks: K = 10 is above the beam width 5" in result.stdout + result.stderr
+    assert written.stat().st_mtime_ns == before  # nothing ran

@@ -21,7 +21,7 @@ def test_full_run_writes_models_and_the_evaluation_report(full_run):
     assert {"sft", "rere", "sasrec", "sasrec_by_id"} <= set(evaluation)
     for name in ("sft", "rere"):
         report = evaluation[name]["test"]
-        assert report["split"] == "test" and report["rows"] == 24 and report["beam_width"] == 5
+        assert report["split"] == "test" and report["rows"] == 24 and report["beam_width"] == 10
         assert report["valid_fraction"] == 1.0
         for k in KS:
             assert 0.0 <= report[f"NDCG@{k}"] <= report[f"HR@{k}"] <= 1.0

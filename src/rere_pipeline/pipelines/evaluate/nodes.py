@@ -12,7 +12,12 @@ from rere_pipeline.mlops.registry import rows_fingerprint
 from rere_pipeline.pipelines.samples import scored_rows
 from rere_pipeline.recsys.backbone import Backbone, weights_digest
 from rere_pipeline.recsys.decoding import DecodeTimings
-from rere_pipeline.recsys.metrics import ndcg_per_row, paired_bootstrap_ratio, ranking_metrics
+from rere_pipeline.recsys.metrics import (
+    check_depth,
+    ndcg_per_row,
+    paired_bootstrap_ratio,
+    ranking_metrics,
+)
 from rere_pipeline.recsys.prompts import PromptTemplate
 from rere_pipeline.recsys.recommend import CatalogueRecommender
 
@@ -28,6 +33,8 @@ def evaluate_lm(
     **splits: pd.DataFrame,
 ) -> tuple[dict, pd.DataFrame]:
     """HR@K / NDCG@K of an LM's constrained beam search on each split, and its predictions."""
+    ks = [int(k) for k in params["ks"]]
+    check_depth(max(ks), params["beam_width"], "evaluate.ks")
     recommender = CatalogueRecommender(
         backbone.tokenizer,
         backbone.model,
@@ -39,7 +46,6 @@ def evaluate_lm(
     )
     known = set(catalogue["title"].astype(str))
     digest = weights_digest(backbone.model)  # registering checks it scored these weights
-    ks = [int(k) for k in params["ks"]]
     report, predictions = {}, []
     for split, prompts in splits.items():
         prompts = scored_rows(prompts, params, split)
