@@ -10,7 +10,7 @@ import pytest
 from helpers import latest_kedro_run, mlflow_runs, run_cli
 
 pytestmark = pytest.mark.slow
-KS = (1, 3, 5, 10, 20)
+KS = (1, 3, 5, 10)  # conf/test: evaluate.ks (at most its 10 beams)
 
 
 def test_full_run_writes_models_and_the_evaluation_report(full_run):
@@ -47,7 +47,7 @@ def test_predictions_hold_top_k_catalogue_titles_per_user(full_run):
     catalogue = set(pd.read_parquet(project / "data/03_primary/catalogue.parquet")["title"])
     assert set(predictions["split"]) == {"valid", "test"}
     assert all(
-        len(t) == 5 and set(t) <= catalogue and len(set(t)) == 5 for t in predictions["titles"]
+        len(t) == 10 and set(t) <= catalogue and len(set(t)) == 10 for t in predictions["titles"]
     )
 
 
