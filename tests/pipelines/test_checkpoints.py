@@ -34,6 +34,9 @@ def test_a_run_resumes_its_own_checkpoints_but_not_those_of_other_starting_weigh
     assert checkpoints.prepare(folder, changed) is None
     assert not (folder / "checkpoint-2").exists()  # the other start's state is gone
     assert changed != checkpoints.fingerprint({**params, "max_steps": 5}, prompts, model)
+    # watching or keeping the run differently is the same run: it still resumes
+    for key, value in (("progress", False), ("logging_steps", 1), ("save_steps", 7)):
+        assert changed == checkpoints.fingerprint({**params, key: value}, prompts, model)
 
 
 def test_a_run_on_other_rows_does_not_resume_even_with_the_same_count_and_first_row():

@@ -24,8 +24,15 @@ from rere_pipeline.recsys.backbone import weights_digest
 log = logging.getLogger(__name__)
 
 
+# Parameters that change how a run is watched or where it is kept, not what it trains: a
+# killed run resumes even when one of them changed in between.
+NOT_TRAINING = ("progress", "resume", "output_dir", "save_steps", "logging_steps")
+
+
 def fingerprint(params: dict, prompts: pd.DataFrame, start: torch.nn.Module) -> str:
-    """Hash of the parameters, every row's tokens (in order) and the starting weights."""
+    """Hash of the training parameters (all but ``NOT_TRAINING``), every row's tokens (in
+    order) and the starting weights."""
+    params = {k: v for k, v in params.items() if k not in NOT_TRAINING}
     rows = hashlib.sha256()
     for ids in prompts["input_ids"]:  # ~10 ms for the 9,720 train rows
         rows.update(np.asarray(ids, dtype=np.int64).tobytes() + b"|")
