@@ -51,7 +51,7 @@ def test_a_run_on_other_rows_does_not_resume_even_with_the_same_count_and_first_
 
 def test_training_chooses_on_valid_rows_that_evaluation_does_not_report():
     valid = pd.DataFrame({"user_id": [f"u{i}" for i in range(50)]}, index=range(100, 150))
-    reported = samples.scored_rows(valid, {"max_rows": {"valid": 30, "test": None}}, "valid")
+    reported = samples.scored_rows(valid, {"valid": 30, "test": None}, "valid")
     chosen_on = samples.selection_sample(valid, 20)  # SFT early stopping, ReRe keep-best
     assert len(reported) == 30 and len(chosen_on) == 20
     assert reported.index.is_monotonic_increasing  # in split order, as before

@@ -32,10 +32,11 @@ def selection_sample(rows: pd.DataFrame, n) -> pd.DataFrame:
     return _fixed_order(rows).iloc[::-1].head(int(n))
 
 
-def scored_rows(rows: pd.DataFrame, params: dict, split: str) -> pd.DataFrame:
-    """The rows of ``split`` that evaluation scores: all, or a fixed sample (``max_rows``)
-    that training's valid samples stay clear of (``report_sample``)."""
-    return report_sample(rows, rows_limit(params.get("max_rows"), split))
+def scored_rows(rows: pd.DataFrame, max_rows, split: str) -> pd.DataFrame:
+    """The rows of ``split`` that evaluation scores (every model, SASRec included): all, or a
+    fixed sample (``evaluate.max_rows``) that training's valid samples stay clear of
+    (``report_sample``)."""
+    return report_sample(rows, rows_limit(max_rows, split))
 
 
 def rows_limit(max_rows, split: str) -> int | None:

@@ -27,14 +27,24 @@ def check_depth(k: int, beam_width: int, setting: str) -> None:
         )
 
 
+def check_evaluate_depth(evaluate: dict) -> None:
+    """``evaluate.ks`` against ``evaluate.beam_width``."""
+    check_depth(max(int(k) for k in evaluate["ks"]), evaluate["beam_width"], "evaluate.ks")
+
+
+def check_valid_depth(beam_width: int) -> None:
+    """ReRe's valid NDCG@10 (``VALID_K``) against ``rere.eval_beam_width``."""
+    check_depth(VALID_K, beam_width, "rere.eval_beam_width (valid NDCG@10)")
+
+
 def check_ranking_depth(params: dict) -> None:
-    """The project's parameters against ``check_depth``: ``evaluate.ks`` against
-    ``evaluate.beam_width`` and ReRe's valid NDCG@10 against ``rere.eval_beam_width``."""
+    """The project's parameters, as far as they are set: ``check_evaluate_depth`` and
+    ``check_valid_depth``."""
     evaluate, rere = params.get("evaluate") or {}, params.get("rere") or {}
     if evaluate.get("ks") and evaluate.get("beam_width"):
-        check_depth(max(int(k) for k in evaluate["ks"]), evaluate["beam_width"], "evaluate.ks")
+        check_evaluate_depth(evaluate)
     if rere.get("eval_beam_width"):
-        check_depth(VALID_K, rere["eval_beam_width"], "rere.eval_beam_width (valid NDCG@10)")
+        check_valid_depth(rere["eval_beam_width"])
 
 
 def hit_rank(ranked: Sequence[str], target: str) -> int | None:

@@ -46,7 +46,12 @@ from safetensors.torch import load_file, save_file
 from transformers import DynamicCache, TrainerCallback
 
 from rere_pipeline.recsys.decoding import Group, constrained_beam_search, constrained_sampling
-from rere_pipeline.recsys.metrics import VALID_K, check_depth, ndcg_per_row, paired_bootstrap_ratio
+from rere_pipeline.recsys.metrics import (
+    VALID_K,
+    check_valid_depth,
+    ndcg_per_row,
+    paired_bootstrap_ratio,
+)
 from rere_pipeline.recsys.sft import (
     float32_master,
     lora_config,
@@ -359,7 +364,7 @@ class ValidNDCGCallback(TrainerCallback):
         collapse_ratio: float = 0.5,
         on_score: Callable[[int, dict[str, float]], None] | None = None,
     ):
-        check_depth(VALID_K, num_beams, "rere.eval_beam_width (valid NDCG@10)")
+        check_valid_depth(num_beams)
         self.prompts, self.targets = [list(p) for p in prompts], list(targets)
         self.on_score = on_score  # e.g. Optuna's report-and-prune; may raise to stop training
         self.trie, self.title_of_item = trie, title_of_item

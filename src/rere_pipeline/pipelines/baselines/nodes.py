@@ -13,7 +13,7 @@ import time
 import pandas as pd
 from matplotlib.figure import Figure
 
-from rere_pipeline.pipelines.samples import report_sample, rows_limit, selection_sample
+from rere_pipeline.pipelines.samples import scored_rows, selection_sample
 from rere_pipeline.recsys import sasrec
 from rere_pipeline.recsys.metrics import DEFAULT_KS, ranking_metrics, titles_by_first_occurrence
 
@@ -106,7 +106,7 @@ def evaluate_sasrec(
     evaluation: dict = {"sasrec": {}, "sasrec_by_id": {}}
     predictions = None
     for split, rows in (("test", test), ("valid", valid)):
-        rows = report_sample(rows, rows_limit(max_rows, split))
+        rows = scored_rows(rows, max_rows, split)
         ranked_ids = sasrec.rank(
             model,
             rows,
@@ -134,7 +134,7 @@ def evaluate_sasrec(
             k = int(settings["predictions_k"])
             predictions = pd.DataFrame(
                 {
-                    "row": rows.index.to_numpy(),  # position in the split (report_sample)
+                    "row": rows.index.to_numpy(),  # position in the split (scored_rows)
                     "user_id": rows["user_id"].to_numpy(),
                     "item_id": rows["item_id"].to_numpy(),
                     "item_title": rows["item_title"].to_numpy(),

@@ -13,7 +13,7 @@ from rere_pipeline.pipelines.samples import scored_rows
 from rere_pipeline.recsys.backbone import Backbone, weights_digest
 from rere_pipeline.recsys.decoding import DecodeTimings
 from rere_pipeline.recsys.metrics import (
-    check_depth,
+    check_evaluate_depth,
     ndcg_per_row,
     paired_bootstrap_ratio,
     ranking_metrics,
@@ -33,8 +33,8 @@ def evaluate_lm(
     **splits: pd.DataFrame,
 ) -> tuple[dict, pd.DataFrame]:
     """HR@K / NDCG@K of an LM's constrained beam search on each split, and its predictions."""
+    check_evaluate_depth(params)
     ks = [int(k) for k in params["ks"]]
-    check_depth(max(ks), params["beam_width"], "evaluate.ks")
     recommender = CatalogueRecommender(
         backbone.tokenizer,
         backbone.model,
@@ -48,7 +48,7 @@ def evaluate_lm(
     digest = weights_digest(backbone.model)  # registering checks it scored these weights
     report, predictions = {}, []
     for split, prompts in splits.items():
-        prompts = scored_rows(prompts, params, split)
+        prompts = scored_rows(prompts, params.get("max_rows"), split)
         timings = DecodeTimings()
         start = time.perf_counter()
         recs = recommender.to_recommendations(

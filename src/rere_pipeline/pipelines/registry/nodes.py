@@ -114,7 +114,9 @@ def promote_challenger(valid: pd.DataFrame, params: dict, evaluate_params: dict)
                 "newer model would be judged on what it trained on. A retrain cycle compares "
                 "its challenger with the champion on its own new valid window"
             )
-        return serving.score_models(model_uris, scored_rows(rows, evaluate_params, "valid"), k=10)
+        return serving.score_models(
+            model_uris, scored_rows(rows, evaluate_params.get("max_rows"), "valid"), k=10
+        )
 
     decision = registry.promote(
         params["model_name"], margin=float(params.get("margin", 0.0)), rescore=rescore
