@@ -38,10 +38,24 @@ def test_a_trial_below_the_median_is_pruned(tmp_path):
         trial = study.ask()
         trial.report(value, 1)
         study.tell(trial, value)
-    report = tuning.pruning_reporter(study.ask())
+    report = tuning.pruning_reporter(study.ask(), final_step=2)
     report(0, {"valid_ndcg_at_10": 0.01})  # no finished trial reported step 0: keep going
     with pytest.raises(optuna.TrialPruned):
         report(1, {"valid_ndcg_at_10": 0.1})  # best so far 0.1 < median 0.55 at step 1
+
+
+def test_a_trial_at_its_final_step_is_scored_not_pruned(tmp_path):
+    study = tuning.open_study(f"sqlite:///{tmp_path}/f.db", "final", n_startup_trials=2)
+    for value in (0.5, 0.6):
+        trial = study.ask()
+        trial.report(value, 2)
+        study.tell(trial, value)
+    trial = study.ask()
+    report = tuning.pruning_reporter(trial, final_step=2)
+    report(2, {"valid_ndcg_at_10": 0.1})  # below the median, but the budget is spent
+    assert trial.should_prune()  # the pruner alone would have stopped it
+    study.tell(trial, 0.1)
+    assert study.trials[-1].state == optuna.trial.TrialState.COMPLETE
 
 
 WORKER = textwrap.dedent(

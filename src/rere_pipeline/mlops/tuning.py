@@ -74,12 +74,18 @@ def best_overrides(study: optuna.Study, space: dict) -> dict:
     return suggest(optuna.trial.FixedTrial(study.best_trial.params), space)
 
 
-def pruning_reporter(trial: optuna.Trial, metric: str = "valid_ndcg_at_10") -> Callable:
-    """``on_score`` for ``train_rere``: report each valid score, stop the trial if pruned."""
+def pruning_reporter(
+    trial: optuna.Trial, final_step: int, metric: str = "valid_ndcg_at_10"
+) -> Callable:
+    """``on_score`` for ``train_rere``: report each valid score, stop the trial if pruned.
+
+    Only an intermediate score can prune: at ``final_step`` the budget is spent, and the
+    score is the trial's objective, which the study keeps even when it is below the median.
+    """
 
     def report(step: int, metrics: dict[str, float]) -> None:
         trial.report(metrics[metric], step)
-        if trial.should_prune():
+        if step < final_step and trial.should_prune():
             log.info(
                 "trial %d pruned at step %d (%s %.4f)", trial.number, step, metric, metrics[metric]
             )

@@ -85,7 +85,7 @@ def tune_rere(
                 sasrec_model,
                 trial_params,
                 prompt_params,
-                on_score=tuning.pruning_reporter(trial),
+                on_score=tuning.pruning_reporter(trial, int(trial_params["max_steps"])),
                 rows_cache=rows_cache,
             )
             for point in metrics["valid_ndcg_at_10"]:
