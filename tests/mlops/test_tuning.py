@@ -56,6 +56,9 @@ def test_a_trial_at_its_final_step_is_scored_not_pruned(tmp_path):
     assert trial.should_prune()  # the pruner alone would have stopped it
     study.tell(trial, 0.1)
     assert study.trials[-1].state == optuna.trial.TrialState.COMPLETE
+    unknown_end = tuning.pruning_reporter(study.ask(), final_step=None)  # budget in epochs
+    with pytest.raises(optuna.TrialPruned):
+        unknown_end(2, {"valid_ndcg_at_10": 0.1})
 
 
 WORKER = textwrap.dedent(

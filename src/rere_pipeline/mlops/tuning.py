@@ -75,17 +75,18 @@ def best_overrides(study: optuna.Study, space: dict) -> dict:
 
 
 def pruning_reporter(
-    trial: optuna.Trial, final_step: int, metric: str = "valid_ndcg_at_10"
+    trial: optuna.Trial, final_step: int | None, metric: str = "valid_ndcg_at_10"
 ) -> Callable:
     """``on_score`` for ``train_rere``: report each valid score, stop the trial if pruned.
 
     Only an intermediate score can prune: at ``final_step`` the budget is spent, and the
     score is the trial's objective, which the study keeps even when it is below the median.
+    ``None`` (a budget in epochs, whose last step is not known up front) prunes at any step.
     """
 
     def report(step: int, metrics: dict[str, float]) -> None:
         trial.report(metrics[metric], step)
-        if step < final_step and trial.should_prune():
+        if (final_step is None or step < final_step) and trial.should_prune():
             log.info(
                 "trial %d pruned at step %d (%s %.4f)", trial.number, step, metric, metrics[metric]
             )
