@@ -38,10 +38,10 @@ def test_a_trial_below_the_median_is_pruned(tmp_path):
         trial = study.ask()
         trial.report(value, 1)
         study.tell(trial, value)
-    report = tuning.pruning_reporter(study.ask(), final_step=2)
-    report(0, {"valid_ndcg_at_10": 0.01})  # no finished trial reported step 0: keep going
+    report = tuning.pruning_reporter(study.ask())
+    report(0, {"valid_ndcg_at_10": 0.01}, False)  # no finished trial reported step 0: go on
     with pytest.raises(optuna.TrialPruned):
-        report(1, {"valid_ndcg_at_10": 0.1})  # best so far 0.1 < median 0.55 at step 1
+        report(1, {"valid_ndcg_at_10": 0.1}, False)  # best so far 0.1 < median 0.55 at step 1
 
 
 def test_a_trial_at_its_final_step_is_scored_not_pruned(tmp_path):
@@ -51,14 +51,14 @@ def test_a_trial_at_its_final_step_is_scored_not_pruned(tmp_path):
         trial.report(value, 2)
         study.tell(trial, value)
     trial = study.ask()
-    report = tuning.pruning_reporter(trial, final_step=2)
-    report(2, {"valid_ndcg_at_10": 0.1})  # below the median, but the budget is spent
+    report = tuning.pruning_reporter(trial)
+    report(2, {"valid_ndcg_at_10": 0.1}, True)  # below the median, but the budget is spent
     assert trial.should_prune()  # the pruner alone would have stopped it
     study.tell(trial, 0.1)
     assert study.trials[-1].state == optuna.trial.TrialState.COMPLETE
-    unknown_end = tuning.pruning_reporter(study.ask(), final_step=None)  # budget in epochs
+    intermediate = tuning.pruning_reporter(study.ask())  # the same score, budget not spent
     with pytest.raises(optuna.TrialPruned):
-        unknown_end(2, {"valid_ndcg_at_10": 0.1})
+        intermediate(2, {"valid_ndcg_at_10": 0.1}, False)
 
 
 WORKER = textwrap.dedent(

@@ -79,7 +79,17 @@ def _trainer(recommender, tiny_backbone, dataset, tmp_path, **params):
     )
 
 
-def _train(recommender, tiny_backbone, dataset, rows, tmp_path, params, resume=None, model=None):
+def _train(
+    recommender,
+    tiny_backbone,
+    dataset,
+    rows,
+    tmp_path,
+    params,
+    resume=None,
+    model=None,
+    on_score=None,
+):
     funcs, weights = _rewards(recommender)
     histories, targets = rows
     return rere.train_rere(
@@ -95,6 +105,7 @@ def _train(recommender, tiny_backbone, dataset, rows, tmp_path, params, resume=N
         params,
         str(tmp_path),
         resume_from_checkpoint=resume,
+        on_score=on_score,
     )
 
 
@@ -166,6 +177,7 @@ def test_dynamic_group_keeps_target_copies_and_fills_with_frequent_negatives():
 def test_a_few_rl_steps_change_the_policy_and_log_the_metrics(
     recommender, tiny_backbone, dataset, rows, tmp_path
 ):
+    scored = []  # what ``on_score`` (tuning's pruner) is told: step, and whether it is the last
     model, history, valid = _train(
         recommender,
         tiny_backbone,
@@ -173,6 +185,7 @@ def test_a_few_rl_steps_change_the_policy_and_log_the_metrics(
         rows,
         tmp_path,
         {**PARAMS, "max_steps": 4, "keep_best": False},
+        on_score=lambda step, metrics, last: scored.append((step, last)),
     )
     before = tiny_backbone.model.state_dict()
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -188,6 +201,7 @@ def test_a_few_rl_steps_change_the_policy_and_log_the_metrics(
     ):
         assert key in logged, key
     assert [v["step"] for v in valid] == [0, 2, 4]
+    assert scored == [(0, False), (2, False), (4, True)]
     assert next(h["rere/target_in_group"] for h in history if "rere/target_in_group" in h) == 1.0
     assert next(h["rewards/rule/mean"] for h in history if "rewards/rule/mean" in h) == 1 / G
 

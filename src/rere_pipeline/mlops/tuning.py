@@ -74,19 +74,16 @@ def best_overrides(study: optuna.Study, space: dict) -> dict:
     return suggest(optuna.trial.FixedTrial(study.best_trial.params), space)
 
 
-def pruning_reporter(
-    trial: optuna.Trial, final_step: int | None, metric: str = "valid_ndcg_at_10"
-) -> Callable:
+def pruning_reporter(trial: optuna.Trial, metric: str = "valid_ndcg_at_10") -> Callable:
     """``on_score`` for ``train_rere``: report each valid score, stop the trial if pruned.
 
-    Only an intermediate score can prune: at ``final_step`` the budget is spent, and the
+    Only an intermediate score can prune: at the ``last`` scoring the budget is spent, and the
     score is the trial's objective, which the study keeps even when it is below the median.
-    ``None`` (a budget in epochs, whose last step is not known up front) prunes at any step.
     """
 
-    def report(step: int, metrics: dict[str, float]) -> None:
+    def report(step: int, metrics: dict[str, float], last: bool) -> None:
         trial.report(metrics[metric], step)
-        if (final_step is None or step < final_step) and trial.should_prune():
+        if not last and trial.should_prune():
             log.info(
                 "trial %d pruned at step %d (%s %.4f)", trial.number, step, metric, metrics[metric]
             )

@@ -362,11 +362,13 @@ class ValidNDCGCallback(TrainerCallback):
         batch_size: int = 32,
         pad_token_id: int | None = None,
         collapse_ratio: float = 0.5,
-        on_score: Callable[[int, dict[str, float]], None] | None = None,
+        on_score: Callable[[int, dict[str, float], bool], None] | None = None,
     ):
         check_valid_depth(num_beams)
         self.prompts, self.targets = [list(p) for p in prompts], list(targets)
-        self.on_score = on_score  # e.g. Optuna's report-and-prune; may raise to stop training
+        # ``on_score(step, metrics, last)``, e.g. Optuna's report-and-prune (it may raise to
+        # stop training); ``last``: the run's final scoring, its budget spent
+        self.on_score = on_score
         self.trie, self.title_of_item = trie, title_of_item
         self.every, self.num_beams, self.batch_size = every, num_beams, batch_size
         self.pad_token_id, self.collapse_ratio = pad_token_id, collapse_ratio
@@ -397,7 +399,7 @@ class ValidNDCGCallback(TrainerCallback):
             "valid_hr_at_10": int((rows > 0).sum()) / len(rows),
         }
 
-    def _record(self, step: int, model) -> dict[str, float]:
+    def _record(self, step: int, model, last: bool = False) -> dict[str, float]:
         metrics = self.score(model)
         best = max((h["valid_ndcg_at_10"] for h in self.history), default=-1.0)
         self.history.append({"step": step, **metrics})
@@ -406,7 +408,7 @@ class ValidNDCGCallback(TrainerCallback):
             self.best_step, self.best_rows = step, self.last_rows
         log.info("RL step %d: valid NDCG@10 %.4f, HR@10 %.4f", step, *metrics.values())
         if self.on_score is not None:
-            self.on_score(step, metrics)
+            self.on_score(step, metrics, last)
         return metrics
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -452,7 +454,7 @@ class ValidNDCGCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every:
             return
-        metrics = self._record(state.global_step, model)
+        metrics = self._record(state.global_step, model, state.global_step >= state.max_steps)
         if self.trainer is not None:
             self.trainer.log(metrics)
         if metrics["valid_ndcg_at_10"] < self.collapse_ratio * self.history[0]["valid_ndcg_at_10"]:
@@ -465,7 +467,7 @@ class ValidNDCGCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.history and self.history[-1]["step"] != state.global_step:
-            self._record(state.global_step, model)  # the final weights are always scored
+            self._record(state.global_step, model, last=True)  # final weights: always scored
 
     def restore_best(self, model, confidence: float) -> int:
         """Load the best weights seen into ``model`` unless the final ones are as good within
@@ -609,11 +611,12 @@ def train_rere(
     params: dict,
     output_dir: str,
     resume_from_checkpoint: str | None = None,
-    on_score: Callable[[int, dict[str, float]], None] | None = None,
+    on_score: Callable[[int, dict[str, float], bool], None] | None = None,
 ):
     """RL-fine-tune a copy of ``model``; returns (best model, TRL log history, valid history).
 
-    ``on_score(step, metrics)`` sees every periodic valid score (e.g. to prune a trial)."""
+    ``on_score(step, metrics, last)`` sees every periodic valid score (e.g. to prune a trial);
+    ``last`` marks the final one."""
     callback = ValidNDCGCallback(
         valid_prompts,
         valid_targets,

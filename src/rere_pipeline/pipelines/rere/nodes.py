@@ -170,7 +170,7 @@ def reinforce(
 ) -> tuple[Backbone, dict, Figure]:
     """ReRe on the train rows, starting from the SFT model (``init: sft``) or the backbone.
 
-    ``on_score(step, metrics)`` sees every periodic valid score (tuning prunes with it);
+    ``on_score(step, metrics, last)`` sees every periodic valid score (tuning prunes with it);
     ``rows_cache`` lets callers that train several runs from the same models share the row
     filter (see ``training_rows``)."""
     check_params(params)

@@ -85,7 +85,7 @@ def tune_rere(
                 sasrec_model,
                 trial_params,
                 prompt_params,
-                on_score=tuning.pruning_reporter(trial, _final_step(trial_params)),
+                on_score=tuning.pruning_reporter(trial),
                 rows_cache=rows_cache,
             )
             for point in metrics["valid_ndcg_at_10"]:
@@ -120,12 +120,6 @@ def tune_rere(
         importance,
         {"tune.best_value": {"value": best.value, "step": 0}},
     )
-
-
-def _final_step(rere_params: dict) -> int | None:
-    """The trial's last RL step, or None when its budget is in epochs (``max_steps`` <= 0)."""
-    steps = int(rere_params.get("max_steps", -1))
-    return steps if steps > 0 else None
 
 
 def tuned_rere_params(rere_params: dict, tuned: dict) -> dict:
