@@ -30,8 +30,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 run: setup
 	kedro run --pipelines=full
 
+# on every core (pytest-xdist), whole modules per worker (tests/conftest.py), in collection order
 test: setup
-	pytest
+	pytest -n auto --dist loadscope --no-loadscope-reorder
 
 lint: setup
 	ruff check src tests

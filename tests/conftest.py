@@ -21,6 +21,50 @@ from helpers import PROJECT, project_config  # noqa: E402
 
 pytest_plugins = ["fixtures_models"]
 
+# ``make test`` runs the suite on every core: pytest-xdist, ``-n auto --dist loadscope``.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    torch.set_num_threads(1)  # one core per worker: two workers sharing cores stall each other
+
+# modules whose tests use the session's ``full_run`` (tests/pipelines/recommender/conftest.py)
+FULL_RUN_MODULES = (
+    "tests/pipelines/recommender/test_full_pipeline.py",
+    "tests/pipelines/recommender/test_mlops_cycle.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest end-to-end modules first, then the other end-to-end ones, then unit tests
+    (a stable sort: each module keeps its order), so that parallel workers finish together."""
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        if "full_run" in item.fixturenames and module not in FULL_RUN_MODULES:
+            raise pytest.UsageError(f"{module} uses full_run: add it to FULL_RUN_MODULES")
+    items.sort(
+        key=lambda item: (
+            "full_run" not in item.fixturenames,
+            item.get_closest_marker("slow") is None,
+        )
+    )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist hands out whole modules (``loadscope``), so a module-scoped fixture (a
+    pipeline run in a copy of the project) is built once; the modules on ``full_run`` go to
+    one worker together, so the session's ``full`` run is built once too."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "full_run" if module in FULL_RUN_MODULES else module
+
+    return Scheduling(config, log)
+
 
 @pytest.fixture(scope="session")
 def raw_release() -> dict[str, pd.DataFrame]:
