@@ -3,7 +3,11 @@
 Same model, same prompts, same beam width. Prints users/second of each, the ratio, the share
 of our decode time spent in constraint work, and whether both return the same groups.
 
-    python benchmarks/constrained_decoding.py --model data/06_models/sft --rows 64 --beams 20
+    python benchmarks/constrained_decoding.py --model data/06_models/sft --n 64 --beams 20
+
+``--our-batch`` takes several sizes (``--our-batch 32 64 128 --skip-hf``): each is timed
+``--repeats`` times (the fastest counts) and compared with the first, and their groups with
+each other.
 
 The model defaults to the SFT model (run `kedro run --pipelines=backbone,prompts,sft` first);
 prompts are the first ``--rows`` official test rows.
@@ -40,7 +44,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64, help="prompts to decode")
     parser.add_argument("--beams", type=int, default=20)
     parser.add_argument("--hf-batch", type=int, default=8, help="prompts per generate() call")
-    parser.add_argument("--our-batch", type=int, default=32, help="prompts per batch in ours")
+    parser.add_argument(
+        "--our-batch", type=int, nargs="+", default=[32], help="prompts per batch in ours"
+    )
+    parser.add_argument("--skip-hf", action="store_true", help="time ours only")
+    parser.add_argument("--repeats", type=int, default=1, help="timings per batch size (min)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -72,30 +80,49 @@ def main() -> None:
         groups = decode(backbone.model, prompts, trie, args.beams, **kwargs)
         return groups, time.perf_counter() - start
 
-    hf, hf_s = timed(hf_constrained_beam_search, args.hf_batch)
-    same, same_s = timed(constrained_beam_search, args.hf_batch)
-    timings = DecodeTimings()
-    ours, ours_s = timed(constrained_beam_search, args.our_batch, timings)
-
     n = len(prompts)
-    total = sum(timings.seconds.values())
-    equal = sum(a.items == b.items for a, b in zip(hf, ours, strict=True))
-    equal_same = sum(a.items == b.items for a, b in zip(hf, same, strict=True))
-    print(f"{'decoder':<44}{'users/s':>10}{'s/user':>10}{'vs HF':>8}")
-    for name, seconds in (
-        (f"HF generate + TrieLogitsProcessor (batch {args.hf_batch})", hf_s),
-        (f"ours (batch {args.hf_batch})", same_s),
-        (f"ours (batch {args.our_batch})", ours_s),
-    ):
-        print(f"{name:<44}{n / seconds:>10.2f}{seconds / n:>10.3f}{hf_s / seconds:>7.2f}x")
-    print(
-        f"time share in ours (batch {args.our_batch}): "
-        + ", ".join(f"{k} {v / total:.1%}" for k, v in sorted(timings.seconds.items()))
-    )
-    print(f"constraint work: {timings.seconds['constraint'] / total:.1%} of decode time")
-    print(
-        f"same groups as HF: {equal}/{n} (batch {args.our_batch}), {equal_same}/{n} (batch {args.hf_batch})"
-    )
+    header = f"{'decoder':<44}{'users/s':>10}{'s/user':>10}"
+    if args.skip_hf:
+        hf = hf_s = None
+    else:
+        hf, hf_s = timed(hf_constrained_beam_search, args.hf_batch)
+        same, same_s = timed(constrained_beam_search, args.hf_batch)
+        print(header + f"{'vs HF':>8}")
+        for name, seconds in (
+            (f"HF generate + TrieLogitsProcessor (batch {args.hf_batch})", hf_s),
+            (f"ours (batch {args.hf_batch})", same_s),
+        ):
+            print(f"{name:<44}{n / seconds:>10.2f}{seconds / n:>10.3f}{hf_s / seconds:>7.2f}x")
+        equal = sum(a.items == b.items for a, b in zip(hf, same, strict=True))
+        print(f"same groups as HF: {equal}/{n} (batch {args.hf_batch})")
+
+    first_s, first_groups = None, None
+    print(header + f"{'vs batch ' + str(args.our_batch[0]):>14}")
+    for batch in args.our_batch:
+        runs = []
+        for _ in range(args.repeats):
+            timings = DecodeTimings()
+            groups, seconds = timed(constrained_beam_search, batch, timings)
+            runs.append((seconds, timings))
+        seconds, timings = min(runs, key=lambda run: run[0])
+        first_s = first_s or seconds
+        first_groups = first_groups or groups
+        print(
+            f"{'ours (batch ' + str(batch) + ')':<44}{n / seconds:>10.2f}{seconds / n:>10.3f}"
+            f"{first_s / seconds:>13.2f}x"
+        )
+        total = sum(timings.seconds.values())
+        print(
+            "  time share: "
+            + ", ".join(f"{k} {v / total:.1%}" for k, v in sorted(timings.seconds.items()))
+        )
+        same_groups = sum(a.items == b.items for a, b in zip(first_groups, groups, strict=True))
+        line = f"  same groups as batch {args.our_batch[0]}: {same_groups}/{n}"
+        if hf is not None:
+            line += (
+                f", as HF: {sum(a.items == b.items for a, b in zip(hf, groups, strict=True))}/{n}"
+            )
+        print(line)
 
 
 if __name__ == "__main__":
