@@ -10,7 +10,7 @@ of our decode time spent in constraint work, and whether both return the same gr
 each other.
 
 The model defaults to the SFT model (run `kedro run --pipelines=backbone,prompts,sft` first);
-prompts are the first ``--rows`` official test rows.
+prompts are the first ``--n`` rows of ``--rows`` (the official test split).
 """
 
 from __future__ import annotations
@@ -81,20 +81,24 @@ def main() -> None:
         return groups, time.perf_counter() - start
 
     n = len(prompts)
+
+    def same(a, b) -> int:
+        """Prompts whose groups hold the same items in the same order."""
+        return sum(x.items == y.items for x, y in zip(a, b, strict=True))
+
     header = f"{'decoder':<44}{'users/s':>10}{'s/user':>10}"
     if args.skip_hf:
         hf = hf_s = None
     else:
         hf, hf_s = timed(hf_constrained_beam_search, args.hf_batch)
-        same, same_s = timed(constrained_beam_search, args.hf_batch)
+        ours, ours_s = timed(constrained_beam_search, args.hf_batch)
         print(header + f"{'vs HF':>8}")
         for name, seconds in (
             (f"HF generate + TrieLogitsProcessor (batch {args.hf_batch})", hf_s),
-            (f"ours (batch {args.hf_batch})", same_s),
+            (f"ours (batch {args.hf_batch})", ours_s),
         ):
             print(f"{name:<44}{n / seconds:>10.2f}{seconds / n:>10.3f}{hf_s / seconds:>7.2f}x")
-        equal = sum(a.items == b.items for a, b in zip(hf, same, strict=True))
-        print(f"same groups as HF: {equal}/{n} (batch {args.hf_batch})")
+        print(f"same groups as HF: {same(hf, ours)}/{n} (batch {args.hf_batch})")
 
     first_s, first_groups = None, None
     print(header + f"{'vs batch ' + str(args.our_batch[0]):>14}")
@@ -116,12 +120,9 @@ def main() -> None:
             "  time share: "
             + ", ".join(f"{k} {v / total:.1%}" for k, v in sorted(timings.seconds.items()))
         )
-        same_groups = sum(a.items == b.items for a, b in zip(first_groups, groups, strict=True))
-        line = f"  same groups as batch {args.our_batch[0]}: {same_groups}/{n}"
+        line = f"  same groups as batch {args.our_batch[0]}: {same(first_groups, groups)}/{n}"
         if hf is not None:
-            line += (
-                f", as HF: {sum(a.items == b.items for a, b in zip(hf, groups, strict=True))}/{n}"
-            )
+            line += f", as HF: {same(hf, groups)}/{n}"
         print(line)
 
 
