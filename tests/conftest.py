@@ -21,7 +21,8 @@ from helpers import PROJECT, project_config  # noqa: E402
 
 pytest_plugins = ["fixtures_models"]
 
-# ``make test`` runs the suite on every core: pytest-xdist, ``-n auto --dist loadscope``.
+# ``make test`` runs the suite on every core: pytest-xdist, ``-n auto --dist loadscope
+# --no-loadscope-reorder`` (whole modules per worker, in the order sorted below).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     import torch
 
@@ -34,13 +35,19 @@ FULL_RUN_MODULES = (
 )
 
 
+def _module(nodeid: str) -> str:
+    """``tests/x/test_y.py`` of ``tests/x/test_y.py::test_z[param]``."""
+    return nodeid.split("::", 1)[0]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The longest end-to-end modules first, then the other end-to-end ones, then unit tests
     (a stable sort: each module keeps its order), so that parallel workers finish together."""
     for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        if "full_run" in item.fixturenames and module not in FULL_RUN_MODULES:
-            raise pytest.UsageError(f"{module} uses full_run: add it to FULL_RUN_MODULES")
+        if "full_run" in item.fixturenames and _module(item.nodeid) not in FULL_RUN_MODULES:
+            raise pytest.UsageError(
+                f"{_module(item.nodeid)} uses full_run: add it to FULL_RUN_MODULES"
+            )
     items.sort(
         key=lambda item: (
             "full_run" not in item.fixturenames,
@@ -53,14 +60,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_xdist_make_scheduler(config, log):
     """pytest-xdist hands out whole modules (``loadscope``), so a module-scoped fixture (a
     pipeline run in a copy of the project) is built once; the modules on ``full_run`` go to
-    one worker together, so the session's ``full`` run is built once too."""
+    one worker together, so the session's ``full`` run is built once too. (The scheduler sees
+    node ids only, hence the list. ``--dist loadgroup`` would read ``xdist_group`` marks, but
+    pytest-xdist 3.8 groups by rewriting ``item._nodeid``, which pytest 9.2 no longer reads.)"""
     if config.getvalue("dist") != "loadscope":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
     class Scheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
+            module = _module(nodeid)
             return "full_run" if module in FULL_RUN_MODULES else module
 
     return Scheduling(config, log)
