@@ -64,19 +64,26 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """Run a console script of this environment (kedro, dvc, git) in ``cwd`` (``env``: extra
     environment variables)."""
-    bindir = Path(sys.executable).parent
-    env = {
-        **os.environ,
-        "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
-        "COLUMNS": "200",
-        **(env or {}),
-    }
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        args, cwd=cwd, env=cli_env(env), capture_output=True, text=True, timeout=timeout
+    )
     if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
         )
     return result
+
+
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment ``run_cli`` runs a console script in: this one, its ``bin`` first on
+    the PATH, wide lines (rich wraps at the terminal width), plus ``extra``."""
+    bindir = Path(sys.executable).parent
+    return {
+        **os.environ,
+        "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "COLUMNS": "200",
+        **(extra or {}),
+    }
 
 
 def mlflow_runs(project: Path):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import mlflow
 import pytest
 from kedro.pipeline import node
 
-from rere_pipeline.hooks import StageRunsHook
+from rere_pipeline.hooks import InterruptHook, RunInterrupted, StageRunsHook
 
 
 @pytest.fixture
@@ -52,3 +56,45 @@ def test_a_failed_input_load_fails_the_stage_run_an_earlier_node_opened(tracking
         hook.on_pipeline_error(ValueError("in the node"), {}, None, None)
         assert mlflow.get_run(inner).info.status == "RUNNING"
         mlflow.end_run("FAILED")
+
+
+@pytest.fixture
+def default_signals():
+    """SIGINT and SIGTERM as a plain terminal process has them; put back afterwards."""
+    saved = {n: signal.getsignal(n) for n in InterruptHook.SIGNALS}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for number, handler in saved.items():
+        signal.signal(number, handler)
+
+
+@pytest.mark.parametrize("number", InterruptHook.SIGNALS, ids=["sigint", "sigterm"])
+def test_the_first_signal_of_a_run_is_an_error_and_the_second_acts_as_usual(
+    default_signals, number
+):
+    usual = signal.getsignal(number)
+    hook = InterruptHook()
+    hook.before_pipeline_run()
+    assert signal.getsignal(number) != usual
+    with pytest.raises(RunInterrupted, match=signal.Signals(number).name):
+        os.kill(os.getpid(), number)
+        time.sleep(5)  # the handler runs before this ends
+    assert signal.getsignal(number) == usual  # a second one would stop at once
+
+    hook.before_pipeline_run()
+    hook.after_pipeline_run()  # a run that ends normally puts the handlers back too
+    assert [signal.getsignal(n) for n in InterruptHook.SIGNALS] == [
+        signal.default_int_handler,
+        signal.SIG_DFL,
+    ]
+
+
+def test_a_signal_the_parent_ignores_stays_ignored(default_signals):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job's Ctrl-C
+    hook = InterruptHook()
+    hook.before_pipeline_run()
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
+    hook.on_pipeline_error()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

@@ -16,6 +16,8 @@ import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets.pandas import CSVDataset
 
+from rere_pipeline.hooks import RunInterrupted
+
 
 class SourceCSVDataset(CSVDataset):
     """A CSV dataset whose loaded frame carries its source path in ``attrs["source"]``."""
@@ -27,6 +29,8 @@ class SourceCSVDataset(CSVDataset):
     def load(self) -> pd.DataFrame:
         try:
             frame = super().load()
+        except RunInterrupted:
+            raise
         except Exception as exc:  # pandas raises many types for a corrupt file
             raise DatasetError(
                 f"{self._source}: file is unreadable (rule: readable_csv): "

@@ -3,10 +3,64 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 
 from kedro.framework.hooks import hook_impl
 
 log = logging.getLogger(__name__)
+
+
+class RunInterrupted(Exception):
+    """A ``kedro run`` stopped by Ctrl-C (SIGINT) or SIGTERM (see ``InterruptHook``)."""
+
+
+class InterruptHook:
+    """Turns the first Ctrl-C (SIGINT) or SIGTERM of a ``kedro run`` into an error.
+
+    A bare ``KeyboardInterrupt`` bypasses Kedro's failure path: MLflow's exit handler then
+    closes the running stage as FINISHED and leaves the parent run RUNNING, and a SIGTERM (a
+    scheduler cancelling the task, ``kill``) leaves both RUNNING. As an error it fails like any
+    node: kedro-mlflow and ``StageRunsHook`` mark the run and the running stage FAILED, and
+    Kedro prints the ``--from-nodes`` argument that resumes the run (SFT and ReRe resume from
+    their last checkpoints). A second signal acts as usual, at once. A signal the parent
+    process ignores (SIGINT of a background job) stays ignored.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self._previous: dict[int, object] = {}
+
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers (and receives the signals)
+        for number in self.SIGNALS:
+            handler = signal.getsignal(number)
+            if handler in (signal.default_int_handler, signal.SIG_DFL):
+                self._previous[number] = handler
+                signal.signal(number, self._interrupt)
+
+    def _interrupt(self, number: int, frame) -> None:
+        self.restore()
+        name = signal.Signals(number).name
+        log.error("%s received: stopping the run (send it again to stop at once)", name)
+        raise RunInterrupted(f"stopped by {name}")
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self.restore()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        """Put back the handlers this hook replaced."""
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
 
 
 class RuntimeHook:

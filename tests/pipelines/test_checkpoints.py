@@ -39,6 +39,26 @@ def test_a_run_resumes_its_own_checkpoints_but_not_those_of_other_starting_weigh
         assert changed == checkpoints.fingerprint({**params, key: value}, prompts, model)
 
 
+def test_a_run_stopped_while_saving_resumes_from_the_save_before(tmp_path):
+    folder = tmp_path / "ckpt"
+    checkpoints.prepare(folder, "stamp")
+    for step in (9, 10, 20):  # complete: the trainer's state and the callback's file
+        _checkpoint(folder, step)
+        (folder / f"checkpoint-{step}" / "scores.json").write_text("{}")
+    _checkpoint(folder, 30)  # stopped before the callback saved its file
+    (folder / "checkpoint-40").mkdir()  # stopped while the weights were written
+    (folder / "checkpoint-40" / "model.safetensors").write_bytes(b"")
+
+    resumed = checkpoints.prepare(folder, "stamp", required=("scores.json",))
+    assert resumed.endswith("checkpoint-20")  # by step, not by name: 20 > 10 > 9
+    assert sorted(p.name for p in folder.glob("checkpoint-*")) == [
+        "checkpoint-10",
+        "checkpoint-20",
+        "checkpoint-9",
+    ]
+    assert checkpoints.prepare(folder, "stamp", required=("scores.json",)) == resumed
+
+
 def test_a_run_on_other_rows_does_not_resume_even_with_the_same_count_and_first_row():
     model = torch.nn.Linear(3, 2)
     params = {"learning_rate": 1e-4}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from kedro.io import DatasetError
 
 from rere_pipeline.datasets import HFModelDataset
 from rere_pipeline.pipelines.backbone.nodes import make_backbone
-from rere_pipeline.recsys.backbone import Backbone
+from rere_pipeline.recsys.backbone import Backbone, replace_directory
 
 
 def test_saved_directory_is_a_plain_qwen2_checkpoint(tiny_backbone, tmp_path):
@@ -70,6 +71,31 @@ def test_a_failed_save_leaves_the_previous_model(tiny_backbone, tmp_path, monkey
     with pytest.raises(DatasetError, match="disk full"):
         dataset.save(tiny_backbone)
     assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
+
+
+def test_a_save_stopped_between_its_two_renames_is_recovered_by_the_next(tmp_path):
+    def writing(content: bytes, fail: bool = False):
+        def write(staging: Path) -> None:
+            staging.mkdir()
+            (staging / "weights").write_bytes(content)
+            if fail:
+                raise OSError("disk full")
+
+        return write
+
+    model = tmp_path / "m"
+    replace_directory(model, writing(b"v1"))
+    model.rename(tmp_path / "m.previous")  # stopped after moving v1 aside, before v2 moved in
+    with pytest.raises(OSError, match="disk full"):
+        replace_directory(model, writing(b"v2", fail=True))
+    assert (model / "weights").read_bytes() == b"v1"  # back in place, not deleted
+    replace_directory(model, writing(b"v3"))
+    assert (model / "weights").read_bytes() == b"v3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    (tmp_path / "m.previous").write_text("a file in the way")
+    replace_directory(model, writing(b"v4"))
+    assert (model / "weights").read_bytes() == b"v4"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
 def test_missing_model_names_the_path(tmp_path):

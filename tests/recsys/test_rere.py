@@ -10,6 +10,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from rere_pipeline.pipelines.checkpoints import TRAINER_STATE
 from rere_pipeline.pipelines.rere.nodes import informative_rows, rl_rows, training_rows
 from rere_pipeline.recsys import rere, rewards
 from rere_pipeline.recsys.decoding import Group, constrained_beam_search
@@ -378,8 +379,9 @@ def test_an_interrupted_rl_run_resumes_from_its_checkpoint(
     _, whole, whole_valid = train(tmp_path / "whole", 4)
     _, first, first_valid = train(tmp_path / "cut", 2)  # "killed" after its step-2 checkpoint
     checkpoint = tmp_path / "cut" / "checkpoint-2"
-    assert (checkpoint / "model.safetensors").exists()
-    assert (checkpoint / rere.ValidNDCGCallback.STATE_FILE).exists()
+    # complete, as ``checkpoints.prepare`` requires it of the ``rere`` node's checkpoints
+    for name in ("model.safetensors", TRAINER_STATE, *rere.ValidNDCGCallback.CHECKPOINT_FILES):
+        assert (checkpoint / name).exists(), name
     # the resumed run is handed a model with other weights: all it may use is the checkpoint
     other = copy.deepcopy(tiny_backbone.model)
     with torch.no_grad():

@@ -28,6 +28,7 @@ import filelock
 import pandas as pd
 
 from rere_pipeline import validation
+from rere_pipeline.hooks import RunInterrupted
 from rere_pipeline.recsys import sequences
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ def read_log(path: Path) -> pd.DataFrame:
             frame = frame.astype(object).where(frame.notna(), "").astype(str)
         else:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except RunInterrupted:
+        raise
     except Exception as exc:  # pandas and pyarrow raise many types for a corrupt file
         raise validation.DataValidationError(
             f"{path}: file is unreadable (rule: readable_file): {type(exc).__name__}: {exc}"

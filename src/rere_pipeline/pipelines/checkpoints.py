@@ -45,21 +45,50 @@ def fingerprint(params: dict, prompts: pd.DataFrame, start: torch.nn.Module) -> 
     ).hexdigest()
 
 
-def prepare(output_dir: Path, stamp: str, resume: bool = True) -> str | None:
-    """Make ``output_dir`` ready for a run stamped ``stamp``; return the checkpoint to resume
-    from, if any (only when ``resume`` and the directory belongs to this very run)."""
-    from transformers.trainer_utils import get_last_checkpoint
+# The file a trainer writes last into a checkpoint folder: without it the save was cut short.
+TRAINER_STATE = "trainer_state.json"
 
+
+def prepare(
+    output_dir: Path, stamp: str, resume: bool = True, required: tuple[str, ...] = ()
+) -> str | None:
+    """Make ``output_dir`` ready for a run stamped ``stamp``; return the checkpoint to resume
+    from, if any (only when ``resume`` and the directory belongs to this very run).
+
+    That is the newest ``checkpoint-N`` holding the trainer's state and the ``required`` files
+    (what the run's callbacks add when it saves). Newer folders without them, left by a run
+    stopped while it saved, are removed, so the run resumes from the last complete save."""
     stamp_file = output_dir / "fingerprint.txt"
     if output_dir.exists() and (not stamp_file.exists() or stamp_file.read_text() != stamp):
         log.info("checkpoints in %s are from another configuration: starting afresh", output_dir)
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     stamp_file.write_text(stamp)
-    last = get_last_checkpoint(str(output_dir)) if resume else None
+    last = _last_complete_checkpoint(output_dir, (TRAINER_STATE, *required)) if resume else None
     if last:
         log.info("resuming from %s", last)
     return last
+
+
+def _last_complete_checkpoint(output_dir: Path, files: tuple[str, ...]) -> str | None:
+    steps = {
+        int(folder.name.removeprefix("checkpoint-")): folder
+        for folder in output_dir.glob("checkpoint-*")
+        if folder.is_dir() and folder.name.removeprefix("checkpoint-").isdigit()
+    }
+    for step in sorted(steps, reverse=True):
+        folder = steps[step]
+        missing = [name for name in files if not (folder / name).exists()]
+        if not missing:
+            return str(folder)
+        log.warning(
+            "%s lacks %s (the run stopped while saving it): removed, resuming from the save "
+            "before it",
+            folder,
+            ", ".join(missing),
+        )
+        shutil.rmtree(folder)
+    return None
 
 
 def log_history_series(history: list[dict], keys: list[str] | None = None) -> dict:

@@ -160,15 +160,23 @@ def replace_directory(path: Path, write) -> None:
     write leaves whatever was at ``path`` untouched."""
     import shutil
 
+    def remove(leftover: Path) -> None:  # a folder, or a file in the way
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink(missing_ok=True)
+
     staging = path.with_name(path.name + ".saving")
-    shutil.rmtree(staging, ignore_errors=True)
-    write(staging)
     previous = path.with_name(path.name + ".previous")
-    shutil.rmtree(previous, ignore_errors=True)
+    if not path.exists() and previous.is_dir():  # a swap stopped between its two renames
+        previous.rename(path)
+    remove(staging)
+    write(staging)
+    remove(previous)
     if path.exists():
         path.rename(previous)
     staging.rename(path)
-    shutil.rmtree(previous, ignore_errors=True)
+    remove(previous)
 
 
 def weights_digest(model: torch.nn.Module) -> str:

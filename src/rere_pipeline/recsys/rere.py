@@ -349,6 +349,7 @@ class ValidNDCGCallback(TrainerCallback):
     """
 
     STATE_FILE, BEST_FILE = "valid_ndcg_state.json", "valid_ndcg_best.safetensors"
+    CHECKPOINT_FILES = (STATE_FILE, BEST_FILE)  # what ``on_save`` adds to every checkpoint
 
     def __init__(
         self,

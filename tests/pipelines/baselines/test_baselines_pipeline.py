@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from helpers import copy_project, latest_kedro_run, run_cli
+from helpers import cli_env, copy_project, latest_kedro_run, mlflow_runs, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -86,3 +90,43 @@ def test_parameters_that_would_cap_a_metric_stop_the_run_before_it_starts(baseli
     assert result.returncode != 0
     assert "evaluate.ks: K = 10 is above the beam width 5" in result.stdout + result.stderr
     assert written.stat().st_mtime_ns == before  # nothing ran
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_run_fails_its_mlflow_runs_and_keeps_earlier_outputs(
+    baselines_run, tmp_path, number
+):
+    """Without ``InterruptHook`` Ctrl-C left the stage's MLflow run FINISHED and the parent
+    RUNNING, and SIGTERM left both RUNNING."""
+    project = tmp_path / "project"
+    shutil.copytree(baselines_run, project)
+    model = project / "data/06_models/sasrec/model.safetensors"
+    before = model.read_bytes()
+    log = tmp_path / "run.log"
+    endless = "baselines.sasrec.train.max_epochs=100000,baselines.sasrec.train.patience=100000"
+    with log.open("w") as out:
+        run = subprocess.Popen(
+            ["kedro", "run", "--pipelines=baselines", "--env=test", f"--params={endless}"],
+            cwd=project,
+            env=cli_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            # SIGINT as a terminal's Ctrl-C delivers it (a background job inherits it ignored)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        deadline = time.monotonic() + 300
+        while "Running node: train_sasrec" not in log.read_text():
+            assert run.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(1)
+        run.send_signal(number)
+        returncode = run.wait(timeout=120)
+
+    output = " ".join(log.read_text().split())  # undo rich's line wrapping
+    assert returncode == 1, output[-3000:]  # an error exit, not a death by the signal
+    assert f"{signal.Signals(number).name} received: stopping the run" in output
+    runs = mlflow_runs(project)
+    this_run = runs[runs["start_time"] >= latest_kedro_run(project)["start_time"]]
+    assert sorted(this_run["tags.mlflow.runName"]) == ["baselines", "baselines"]  # run, stage
+    assert set(this_run["status"]) == {"FAILED"}
+    assert model.read_bytes() == before

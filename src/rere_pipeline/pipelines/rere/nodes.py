@@ -190,6 +190,7 @@ def reinforce(
         output_dir,
         checkpoints.fingerprint(params, prompts_train, init.model),
         resume=bool(params.get("resume", True)),
+        required=rere.ValidNDCGCallback.CHECKPOINT_FILES,
     )
     log.info(
         "ReRe: %s groups of %d, rewards %s, beta %g, from the %s model",
