@@ -7,7 +7,7 @@ of our decode time spent in constraint work, and whether both return the same gr
 
 ``--our-batch`` takes several sizes (``--our-batch 32 64 128 --skip-hf``): each is timed
 ``--repeats`` times (the fastest counts) and compared with the first, and their groups with
-each other.
+each other. ``--profile`` ends with torch.profiler's table of the ops ours spends its time in.
 
 The model defaults to the SFT model (run `kedro run --pipelines=backbone,prompts,sft` first);
 prompts are the first ``--n`` rows of ``--rows`` (the official test split).
@@ -50,6 +50,9 @@ def main() -> None:
     parser.add_argument("--skip-hf", action="store_true", help="time ours only")
     parser.add_argument("--repeats", type=int, default=1, help="timings per batch size (min)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--profile", action="store_true", help="then torch.profiler's top ops of one run of ours"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -124,6 +127,13 @@ def main() -> None:
         if hf is not None:
             line += f", as HF: {same(hf, groups)}/{n}"
         print(line)
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            timed(constrained_beam_search, args.our_batch[0])
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 if __name__ == "__main__":

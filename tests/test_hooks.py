@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import mlflow
@@ -98,3 +99,49 @@ def test_a_signal_the_parent_ignores_stays_ignored(default_signals):
     assert signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
     hook.on_pipeline_error()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_an_interrupt_a_library_swallowed_still_stops_the_run_at_the_next_node(default_signals):
+    hook = InterruptHook()
+    hook.before_pipeline_run()
+    try:  # a library's broad ``except Exception`` around the code the signal interrupted
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    except Exception:
+        pass
+    with pytest.raises(RunInterrupted, match="SIGTERM"):
+        hook.after_node_run()
+    with pytest.raises(RunInterrupted):
+        hook.before_node_run()
+    hook.on_pipeline_error()
+    hook.before_pipeline_run()  # the next run starts clean
+    hook.before_node_run()
+    hook.after_pipeline_run()
+
+
+def test_a_run_off_the_main_thread_leaves_the_handlers_alone(default_signals):
+    hook, errors = InterruptHook(), []
+
+    def run() -> None:
+        try:
+            hook.before_pipeline_run()
+            hook.before_node_run()
+            hook.on_pipeline_error()
+        except Exception as exc:  # e.g. signal.signal's ValueError off the main thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    assert errors == []
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_a_handler_someone_set_during_the_run_is_not_overwritten(default_signals):
+    hook = InterruptHook()
+    hook.before_pipeline_run()
+    theirs = lambda number, frame: None  # noqa: E731
+    signal.signal(signal.SIGTERM, theirs)
+    hook.after_pipeline_run()
+    assert signal.getsignal(signal.SIGTERM) is theirs
+    assert signal.getsignal(signal.SIGINT) == signal.default_int_handler

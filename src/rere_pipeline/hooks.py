@@ -22,18 +22,21 @@ class InterruptHook:
     closes the running stage as FINISHED and leaves the parent run RUNNING, and a SIGTERM (a
     scheduler cancelling the task, ``kill``) leaves both RUNNING. As an error it fails like any
     node: kedro-mlflow and ``StageRunsHook`` mark the run and the running stage FAILED, and
-    Kedro prints the ``--from-nodes`` argument that resumes the run (SFT and ReRe resume from
-    their last checkpoints). A second signal acts as usual, at once. A signal the parent
-    process ignores (SIGINT of a background job) stays ignored.
+    Kedro prints the ``--from-nodes`` argument that resumes the run. Should a library's
+    ``except Exception`` swallow it, the run still stops before or after the current node. A
+    second signal acts as usual, at once. A signal with a handler of its own (Airflow's
+    SIGTERM) or ignored by the parent process (SIGINT of a background job) is left alone.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self._previous: dict[int, object] = {}
+        self._received: str | None = None
 
     @hook_impl
     def before_pipeline_run(self) -> None:
+        self._received = None
         if threading.current_thread() is not threading.main_thread():
             return  # only the main thread may set handlers (and receives the signals)
         for number in self.SIGNALS:
@@ -44,22 +47,38 @@ class InterruptHook:
 
     def _interrupt(self, number: int, frame) -> None:
         self.restore()
-        name = signal.Signals(number).name
-        log.error("%s received: stopping the run (send it again to stop at once)", name)
-        raise RunInterrupted(f"stopped by {name}")
+        self._received = signal.Signals(number).name
+        log.error("%s received: stopping the run (send it again to stop at once)", self._received)
+        self._stop_if_received()
+
+    def _stop_if_received(self) -> None:
+        if self._received is not None:
+            raise RunInterrupted(f"stopped by {self._received}")
 
     @hook_impl
+    def before_node_run(self) -> None:
+        self._stop_if_received()
+
+    @hook_impl
+    def after_node_run(self) -> None:
+        self._stop_if_received()
+
+    # first among the hooks, so that no other one (kedro-mlflow's) runs with the handlers set
+    @hook_impl(tryfirst=True)
     def after_pipeline_run(self) -> None:
         self.restore()
 
-    @hook_impl
+    @hook_impl(tryfirst=True)
     def on_pipeline_error(self) -> None:
         self.restore()
 
     def restore(self) -> None:
-        """Put back the handlers this hook replaced."""
+        """Put back the handlers this hook replaced (not one set by someone else since)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
         for number, handler in self._previous.items():
-            signal.signal(number, handler)
+            if signal.getsignal(number) == self._interrupt:
+                signal.signal(number, handler)
         self._previous = {}
 
 

@@ -262,3 +262,21 @@ def test_a_model_is_not_registered_with_the_scores_of_other_weights(tiny_backbon
         register_challenger(
             tiny_backbone, tiny_backbone, None, None, {"rere": {"valid": valid}}, params, {}, {}
         )
+
+
+def test_only_a_missing_model_or_alias_reads_as_no_champion(store, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    assert registry.version_by_alias(client, NAME, "champion") is None  # no such model
+    client.create_registered_model(NAME)
+    assert registry.version_by_alias(client, NAME, "champion") is None  # no such alias
+
+    def failing(*args, **kwargs):  # the store itself failed (or a query was interrupted)
+        raise MlflowException("database is locked", error_code="INTERNAL_ERROR")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_model_version_by_alias", failing)
+    with pytest.raises(MlflowException, match="database is locked"):
+        registry.version_by_alias(client, NAME, "champion")
+    with pytest.raises(MlflowException, match="database is locked"):
+        registry.promote(NAME)  # not "no champion yet": nothing is promoted unchecked

@@ -46,6 +46,8 @@ def test_a_run_stopped_while_saving_resumes_from_the_save_before(tmp_path):
         _checkpoint(folder, step)
         (folder / f"checkpoint-{step}" / "scores.json").write_text("{}")
     _checkpoint(folder, 30)  # stopped before the callback saved its file
+    _checkpoint(folder, 35)
+    (folder / "checkpoint-35" / "scores.json").write_text('{"history": [')  # cut mid-write
     (folder / "checkpoint-40").mkdir()  # stopped while the weights were written
     (folder / "checkpoint-40" / "model.safetensors").write_bytes(b"")
 

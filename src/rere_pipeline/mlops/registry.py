@@ -44,12 +44,20 @@ def rows_fingerprint(rows: pd.DataFrame, beam_width: int) -> str:
     return digest[:16]
 
 
+# What the registry answers for a model that does not exist, and for an alias no version holds.
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
 def version_by_alias(client: mlflow.MlflowClient, name: str, alias: str):
-    """The model version holding ``alias``, or None (no such model or alias)."""
+    """The model version holding ``alias``, or None (no such model or alias). Any other
+    failure (the store unreachable, an interrupted query) is raised: taken for "no champion",
+    it would promote a challenger without comparing it."""
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in _NOT_FOUND and exc.__cause__ is None:
+            return None
+        raise
 
 
 def set_challenger(name: str, version: str, tags: dict[str, str]) -> None:

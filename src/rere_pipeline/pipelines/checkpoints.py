@@ -78,17 +78,30 @@ def _last_complete_checkpoint(output_dir: Path, files: tuple[str, ...]) -> str |
     }
     for step in sorted(steps, reverse=True):
         folder = steps[step]
-        missing = [name for name in files if not (folder / name).exists()]
+        missing = [name for name in files if not _complete(folder / name)]
         if not missing:
             return str(folder)
         log.warning(
-            "%s lacks %s (the run stopped while saving it): removed, resuming from the save "
-            "before it",
+            "%s lacks a complete %s (the run stopped while saving it): removed, resuming from "
+            "the save before it",
             folder,
             ", ".join(missing),
         )
         shutil.rmtree(folder)
     return None
+
+
+def _complete(path: Path) -> bool:
+    """The file exists and, for JSON, parses (a write cut short leaves it empty or partial)."""
+    if not path.is_file():
+        return False
+    if path.suffix != ".json":
+        return True
+    try:
+        json.loads(path.read_text())
+    except ValueError:
+        return False
+    return True
 
 
 def log_history_series(history: list[dict], keys: list[str] | None = None) -> dict:

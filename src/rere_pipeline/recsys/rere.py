@@ -422,7 +422,8 @@ class ValidNDCGCallback(TrainerCallback):
             return
         save_file({k: v.contiguous() for k, v in self.best_state.items()}, folder / self.BEST_FILE)
         rows = {"best_rows": self.best_rows, "last_rows": self.last_rows}
-        (folder / self.STATE_FILE).write_text(
+        partial = folder / f"{self.STATE_FILE}.partial"  # written last, and whole or not at all
+        partial.write_text(
             json.dumps(
                 {
                     "history": self.history,
@@ -431,6 +432,7 @@ class ValidNDCGCallback(TrainerCallback):
                 }
             )
         )
+        partial.replace(folder / self.STATE_FILE)
 
     def resume(self, checkpoint: str | None) -> None:
         """Take up the scores and best weights saved with ``checkpoint`` (before training)."""

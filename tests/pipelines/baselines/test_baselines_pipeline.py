@@ -103,17 +103,24 @@ def test_an_interrupted_run_fails_its_mlflow_runs_and_keeps_earlier_outputs(
     model = project / "data/06_models/sasrec/model.safetensors"
     before = model.read_bytes()
     log = tmp_path / "run.log"
-    endless = "baselines.sasrec.train.max_epochs=100000,baselines.sasrec.train.patience=100000"
-    with log.open("w") as out:
-        run = subprocess.Popen(
-            ["kedro", "run", "--pipelines=baselines", "--env=test", f"--params={endless}"],
-            cwd=project,
-            env=cli_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            # SIGINT as a terminal's Ctrl-C delivers it (a background job inherits it ignored)
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
+    params = (
+        "runtime.torch_threads=1,"  # SASRec below trains until it is stopped
+        "baselines.sasrec.train.max_epochs=100000,baselines.sasrec.train.patience=100000"
+    )
+    # SIGINT as a terminal's Ctrl-C delivers it: a child started while the suite ignores it
+    # (a background job) would inherit it ignored; a handler is reset to the default by exec
+    run = None
+    suite_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with log.open("w") as out:
+            run = subprocess.Popen(
+                ["kedro", "run", "--pipelines=data,baselines", "--env=test", f"--params={params}"],
+                cwd=project,
+                env=cli_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        signal.signal(signal.SIGINT, suite_handler)
         deadline = time.monotonic() + 300
         while "Running node: train_sasrec" not in log.read_text():
             assert run.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
@@ -121,12 +128,21 @@ def test_an_interrupted_run_fails_its_mlflow_runs_and_keeps_earlier_outputs(
         time.sleep(1)
         run.send_signal(number)
         returncode = run.wait(timeout=120)
+    finally:
+        signal.signal(signal.SIGINT, suite_handler)
+        if run is not None and run.poll() is None:  # never leave an endless training behind
+            run.kill()
+            run.wait()
 
     output = " ".join(log.read_text().split())  # undo rich's line wrapping
     assert returncode == 1, output[-3000:]  # an error exit, not a death by the signal
     assert f"{signal.Signals(number).name} received: stopping the run" in output
+    assert '--from-nodes "train_sasrec"' in output  # Kedro's resume hint
     runs = mlflow_runs(project)
     this_run = runs[runs["start_time"] >= latest_kedro_run(project)["start_time"]]
-    assert sorted(this_run["tags.mlflow.runName"]) == ["baselines", "baselines"]  # run, stage
-    assert set(this_run["status"]) == {"FAILED"}
+    stages = this_run[this_run["tags.mlflow.parentRunId"].notna()]
+    assert set(this_run["status"]) == {"FAILED", "FINISHED"}
+    assert set(stages[stages["status"] == "FAILED"]["tags.stage"]) == {"baselines"}
+    assert set(stages[stages["status"] == "FINISHED"]["tags.stage"]) == {"data"}
+    assert this_run[this_run["tags.mlflow.parentRunId"].isna()]["status"].item() == "FAILED"
     assert model.read_bytes() == before
