@@ -145,3 +145,27 @@ def test_a_handler_someone_set_during_the_run_is_not_overwritten(default_signals
     hook.after_pipeline_run()
     assert signal.getsignal(signal.SIGTERM) is theirs
     assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
+
+
+def test_a_failed_run_fails_a_stage_closed_between_its_nodes_but_not_a_finished_one(tracking):
+    from kedro.pipeline import Pipeline
+
+    hook = StageRunsHook(stages=("data", "rere", "evaluate"))
+    prepare = node(lambda a: a, "a", "b", name="prepare", tags=["data"])
+    score_sft = node(lambda b: b, "b", "sft_score", name="score_sft", tags=["evaluate"])
+    train = node(lambda b: b, "b", "model", name="train", tags=["rere"])
+    score_rere = node(lambda m: m, "model", "rere_score", name="score_rere", tags=["evaluate"])
+    stages = {}
+    with mlflow.start_run():
+        hook.before_pipeline_run({}, Pipeline([prepare, score_sft, train, score_rere]), None)
+        for done, output in ((prepare, "b"), (score_sft, "sft_score")):
+            hook.before_node_run(done, None, {}, False)
+            stages[next(iter(done.tags))] = mlflow.active_run().info.run_id
+            hook.after_dataset_saved(output, 1, done)
+        hook.before_node_run(train, None, {}, False)  # stopped while training
+        running = mlflow.active_run().info.run_id
+        hook.on_pipeline_error(KeyboardInterrupt(), {}, None, None)
+        assert mlflow.get_run(stages["evaluate"]).info.status == "FAILED"  # scored SFT only
+        assert mlflow.get_run(stages["data"]).info.status == "FINISHED"
+        assert mlflow.get_run(running).info.status == "RUNNING"  # kedro-mlflow closes it
+        mlflow.end_run("FAILED")

@@ -121,6 +121,8 @@ class StageRunsHook:
     do". A failing node leaves its child active: kedro-mlflow's error hook then marks it and the
     parent FAILED. A node whose input fails to load never starts (no node hook runs), so that
     error marks the stage's run FAILED here, when an earlier node of the stage had opened one.
+    So does any failure for a stage closed between its nodes with some of them never run (the
+    ``evaluate`` stage spans ``rere``: stopped in ``rere``, it has scored SFT only).
     """
 
     def __init__(self, stages: tuple[str, ...] | None = None):
@@ -130,6 +132,8 @@ class StageRunsHook:
         self._pending: set[str] = set()
         self._stage: str | None = None
         self._loading: str | None = None  # the stage of the node whose inputs are loading
+        self._node: str | None = None  # the running node
+        self._unfinished: dict[str, set[str]] = {}  # per stage: its nodes not run yet
 
     def _stage_of(self, node) -> str | None:
         from rere_pipeline.pipeline_registry import ON_DEMAND, STAGES
@@ -140,7 +144,12 @@ class StageRunsHook:
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
         self._children, self._copied, self._pending, self._stage = {}, {}, set(), None
-        self._loading = None
+        self._loading = self._node = None
+        self._unfinished = {}
+        for node in pipeline.nodes if pipeline is not None else ():
+            stage = self._stage_of(node)
+            if stage is not None:
+                self._unfinished.setdefault(stage, set()).add(node.name)
 
     @hook_impl
     def before_dataset_loaded(self, dataset_name, node) -> None:
@@ -152,9 +161,14 @@ class StageRunsHook:
     def on_pipeline_error(self, error, run_params, pipeline, catalog) -> None:
         import mlflow
 
+        client = mlflow.MlflowClient()
         run_id = self._children.get(self._loading) if self._loading else None
         if run_id is not None:
-            mlflow.MlflowClient().set_terminated(run_id, status="FAILED")
+            client.set_terminated(run_id, status="FAILED")
+        for stage, run_id in self._children.items():
+            # a stage closed between its nodes; the running one is kedro-mlflow's to close
+            if self._unfinished.get(stage) and client.get_run(run_id).info.status == "FINISHED":
+                client.set_terminated(run_id, status="FAILED")
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs, is_async) -> None:
@@ -171,7 +185,7 @@ class StageRunsHook:
         else:
             child = mlflow.start_run(run_name=stage, nested=True, tags={"stage": stage})
             self._children[stage] = child.info.run_id
-        self._stage = stage
+        self._stage, self._node = stage, node.name
         self._pending = set(node.outputs)
         if not self._pending:
             self._close()
@@ -187,6 +201,7 @@ class StageRunsHook:
     def _close(self) -> None:
         import mlflow
 
+        self._unfinished.get(self._stage, set()).discard(self._node)
         child = mlflow.active_run()
         mlflow.end_run()
         parent = mlflow.active_run()
