@@ -35,8 +35,8 @@ test: setup
 	pytest -n auto --dist loadscope --no-loadscope-reorder
 
 lint: setup
-	ruff check src tests
-	ruff format --check src tests
+	ruff check src tests benchmarks
+	ruff format --check src tests benchmarks
 
 mlflow-ui: setup
 	mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
