@@ -104,6 +104,26 @@ def _catalogue(n: int = 10) -> pd.DataFrame:
     return pd.DataFrame({"item_id": range(n), "title": [f"item {i}" for i in range(n)]})
 
 
+def test_summary_counts_items_that_share_a_title(seed_splits):
+    splits = {name: seed_splits[name] for name in ("train", "valid", "test")}
+    summary = sequences.summarise(
+        splits, seed_splits["catalogue"], seed_splits["events"], seed_splits["cutoff"]
+    )
+    # the seed catalogue: 3,686 items under 3,646 titles; 55 items share one of 15 titles,
+    # 27 of them a scraped placeholder
+    assert summary["items"] == 3686 and summary["distinct_titles"] == 3646
+    assert summary["items_sharing_a_title"] == 55
+    assert summary["largest_title_group"] == 27
+    assert summary["largest_title_group_title"] == 'Industrial & Scientific" />'
+
+    catalogue = _catalogue(4).assign(title=["a", "b", "a", "c"])
+    small = sequences.summarise(splits, catalogue, seed_splits["events"], seed_splits["cutoff"])
+    assert (small["distinct_titles"], small["items_sharing_a_title"]) == (3, 2)
+    assert (small["largest_title_group"], small["largest_title_group_title"]) == (2, "a")
+    unique = sequences.summarise(splits, _catalogue(4), seed_splits["events"], 0)
+    assert (unique["items_sharing_a_title"], unique["largest_title_group"]) == (0, 1)
+
+
 def test_generic_event_log_builds_windowed_rows_and_splits_by_time():
     log = pd.DataFrame(
         {

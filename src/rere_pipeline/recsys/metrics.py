@@ -1,8 +1,9 @@
 """Top-K ranking metrics as the paper scores them: one relevant item per row, matched by title.
 
 A row is a hit at 0-based rank r when ``ranked[r] == target``; NDCG@K = 1 / log2(r + 2) for
-r < K (a single relevant item makes the ideal DCG 1). Matching by title means two catalogue
-items with the same title (40 in the seed catalogue) both count as the target.
+r < K (a single relevant item makes the ideal DCG 1). Matching by title means catalogue items
+with the same title all count as the target (in the seed catalogue 55 items share 15 titles,
+27 of them one placeholder; ``data_summary.json``).
 """
 
 from __future__ import annotations

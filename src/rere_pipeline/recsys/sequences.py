@@ -237,7 +237,10 @@ def iso_date(ts: int) -> str:
 def summarise(
     splits: dict[str, pd.DataFrame], catalogue: pd.DataFrame, events: pd.DataFrame, cutoff: int
 ) -> dict:
-    """Sizes and time ranges of the splits (``data_summary.json``)."""
+    """Sizes and time ranges of the splits, and how many items share a title
+    (``data_summary.json``): the LMs recommend titles and a hit on any item of a shared title
+    counts, so one large group (27 items titled ``Industrial & Scientific" />`` in the seed
+    catalogue) can take a high rank for many users (docs/results.md)."""
     summary: dict = {f"{name}_rows": int(len(frame)) for name, frame in splits.items()}
     all_rows = pd.concat(splits.values(), ignore_index=True)
     summary.update(
@@ -248,6 +251,14 @@ def summarise(
         cutoff_date=iso_date(cutoff),
         mean_history_length=round(float(all_rows["history_item_id"].map(len).mean()), 3),
     )
+    items_per_title = catalogue["title"].astype(str).value_counts()
+    if len(items_per_title):
+        summary.update(
+            distinct_titles=int(len(items_per_title)),
+            items_sharing_a_title=int(items_per_title[items_per_title > 1].sum()),
+            largest_title_group=int(items_per_title.iloc[0]),
+            largest_title_group_title=str(items_per_title.index[0]),
+        )
     for name, frame in splits.items():
         if len(frame):
             summary[f"{name}_first_target"] = iso_date(int(frame["timestamp"].min()))

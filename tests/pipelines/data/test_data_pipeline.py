@@ -62,6 +62,7 @@ def test_data_run_writes_model_input_and_summary(data_run):
     assert 9_000 <= summary["train_rows"] <= 11_000
     assert summary["valid_rows"] == 4532 and summary["test_rows"] == 4533 - len(BAD_TEST_ROWS)
     assert summary["items"] == 3686 and summary["cutoff"] == 1495152000
+    assert summary["distinct_titles"] == 3646 and summary["largest_title_group"] == 27
     train = pd.read_parquet(data_run / MODEL_INPUT[0])
     assert len(train) == summary["train_rows"] and (train["timestamp"] < summary["cutoff"]).all()
     report = json.loads(
