@@ -5,7 +5,7 @@ so TRL does not re-tokenise ``prompt + completion`` together; with ``completion_
 it turns the mask into labels and the loss falls on the completion tokens only.
 
 Early stopping watches the valid loss; checkpoints (safetensors) go to ``output_dir`` every
-``save_steps`` and a killed run resumes from the newest one. ``lora.enabled`` trains LoRA
+``eval_steps`` and a killed run resumes from the newest complete one. ``lora.enabled`` trains LoRA
 adapters through PEFT instead of all weights; they are merged back for decoding.
 """
 
