@@ -75,6 +75,65 @@ def pytest_xdist_make_scheduler(config, log):
     return Scheduling(config, log)
 
 
+# What the suite must never write into the project it tests (the user's own MLflow store):
+# new run or model folders under mlruns/, or MLflow's default ./mlflow.db.
+def _project_store_entries() -> set[str]:
+    entries = {"mlflow.db"} if (PROJECT / "mlflow.db").exists() else set()
+    mlruns = PROJECT / "mlruns"
+    for depth in ("*", "*/*", "*/*/*"):
+        entries.update(str(p.relative_to(PROJECT)) for p in mlruns.glob(depth))
+    return entries
+
+
+def pytest_sessionstart(session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the controller, or a serial run
+        session.config._project_store_before = _project_store_entries()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    before = getattr(session.config, "_project_store_before", None)
+    if before is None:
+        return
+    added = sorted(_project_store_entries() - before)
+    if added:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = (
+            f"the tests wrote {len(added)} entries into the project's MLflow store, e.g. "
+            f"{added[:3]}: use the mlflow_store fixture (tests/conftest.py)"
+        )
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(message, red=True)
+        else:
+            raise RuntimeError(message)
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    """An MLflow store of the test's own: SQLite and an experiment whose artifacts are under
+    ``tmp_path`` (a logged model would otherwise land in ``./mlruns``, i.e. the project's own
+    store). MLflow's tracking URI, ``MLFLOW_TRACKING_URI`` (which ``set_tracking_uri`` also
+    sets, for subprocesses) and the active experiment are put back afterwards; restoring the
+    *resolved* default instead would pin it, and the next MLflow call in the worker would
+    create ``./mlflow.db``."""
+    import mlflow
+    from mlflow.tracking import fluent
+    from mlflow.tracking._tracking_service import utils
+
+    previous_uri, previous_experiment = utils._tracking_uri, fluent._active_experiment_id
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment(
+        "test", artifact_location=(tmp_path / "artifacts").as_uri()
+    )
+    mlflow.set_experiment(experiment_id=experiment)
+    yield uri
+    mlflow.set_tracking_uri(previous_uri)
+    fluent._active_experiment_id = previous_experiment
+
+
 @pytest.fixture(scope="session")
 def raw_release() -> dict[str, pd.DataFrame]:
     """The raw seed files, loaded through the project's own catalog entries."""

@@ -14,20 +14,7 @@ from kedro.pipeline import node
 from rere_pipeline.hooks import InterruptHook, RunInterrupted, StageRunsHook
 
 
-@pytest.fixture
-def tracking(tmp_path):
-    """A store and experiment of the test's own; MLflow's globals are put back afterwards."""
-    from mlflow.tracking import fluent
-
-    uri, experiment = mlflow.get_tracking_uri(), fluent._active_experiment_id
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_experiment("hooks")
-    yield
-    mlflow.set_tracking_uri(uri)
-    fluent._active_experiment_id = experiment
-
-
-def test_a_failed_input_load_fails_the_stage_run_an_earlier_node_opened(tracking):
+def test_a_failed_input_load_fails_the_stage_run_an_earlier_node_opened(mlflow_store):
     hook = StageRunsHook(stages=("evaluate",))
     first = node(lambda a: a, "a", "b", name="first", tags=["evaluate"])
     second = node(lambda b: b, "b", "c", name="second", tags=["evaluate"])
@@ -147,7 +134,7 @@ def test_a_handler_someone_set_during_the_run_is_not_overwritten(default_signals
     assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
 
 
-def test_a_failed_run_fails_a_stage_closed_between_its_nodes_but_not_a_finished_one(tracking):
+def test_a_failed_run_fails_a_stage_closed_between_its_nodes_but_not_a_finished_one(mlflow_store):
     from kedro.pipeline import Pipeline
 
     hook = StageRunsHook(stages=("data", "rere", "evaluate"))

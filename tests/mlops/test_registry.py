@@ -20,17 +20,6 @@ from rere_pipeline.mlops import registry, serving
 NAME = "rere-recommender"
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A fresh MLflow store (SQLite + local artifacts) used by everything in the test."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment_name="registry-test")
-    yield uri
-    mlflow.set_tracking_uri(None)
-
-
 def register(
     tiny_backbone, small_catalogue, template, score: float, rows: str = "rows-a", **tags
 ) -> str:
@@ -54,7 +43,7 @@ def aliases() -> dict[str, str]:
 
 
 def test_logged_model_recommends_catalogue_items_from_ids_or_titles(
-    store, tiny_backbone, small_catalogue, template
+    mlflow_store, tiny_backbone, small_catalogue, template
 ):
     version = register(tiny_backbone, small_catalogue, template, 0.1)
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@challenger")
@@ -79,7 +68,7 @@ def test_logged_model_recommends_catalogue_items_from_ids_or_titles(
 
 
 def test_first_challenger_becomes_champion_then_only_a_better_one_replaces_it(
-    store, tiny_backbone, small_catalogue, template
+    mlflow_store, tiny_backbone, small_catalogue, template
 ):
     first = register(tiny_backbone, small_catalogue, template, 0.10)
     decision = registry.promote(NAME, margin=0.0)
@@ -110,7 +99,7 @@ def test_first_challenger_becomes_champion_then_only_a_better_one_replaces_it(
 
 
 def test_different_valid_rows_are_rescored_on_common_rows(
-    store, tiny_backbone, small_catalogue, template
+    mlflow_store, tiny_backbone, small_catalogue, template
 ):
     champion = register(tiny_backbone, small_catalogue, template, 0.30, rows="old-split")
     registry.promote(NAME)
@@ -130,7 +119,7 @@ def test_different_valid_rows_are_rescored_on_common_rows(
 
 
 def test_rescoring_rows_are_newer_than_both_models_training(
-    store, tiny_backbone, small_catalogue, template
+    mlflow_store, tiny_backbone, small_catalogue, template
 ):
     register(tiny_backbone, small_catalogue, template, 0.3, rows="a", trained_before="1000")
     registry.promote(NAME)
@@ -141,7 +130,7 @@ def test_rescoring_rows_are_newer_than_both_models_training(
 
 
 def test_a_retrain_challenger_is_judged_by_its_comparison_with_this_champion(
-    store, tiny_backbone, small_catalogue, template
+    mlflow_store, tiny_backbone, small_catalogue, template
 ):
     champion = register(tiny_backbone, small_catalogue, template, 0.30, rows="release")
     registry.promote(NAME)
@@ -165,7 +154,7 @@ def test_a_retrain_challenger_is_judged_by_its_comparison_with_this_champion(
 
 
 def test_promote_refuses_to_rescore_a_retrain_model_on_the_rows_it_trained_on(
-    store, tiny_backbone, small_catalogue, template
+    mlflow_store, tiny_backbone, small_catalogue, template
 ):
     from rere_pipeline.pipelines.registry.nodes import promote_challenger
 
@@ -193,7 +182,7 @@ def test_promote_refuses_to_rescore_a_retrain_model_on_the_rows_it_trained_on(
 
 
 def test_score_models_ranks_with_each_model_on_the_same_rows(
-    store, tiny_backbone, small_catalogue, template
+    mlflow_store, tiny_backbone, small_catalogue, template
 ):
     register(tiny_backbone, small_catalogue, template, 0.1)
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@challenger")
@@ -214,7 +203,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_champion_is_served_over_http(store, tiny_backbone, small_catalogue, template):
+def test_champion_is_served_over_http(mlflow_store, tiny_backbone, small_catalogue, template):
     register(tiny_backbone, small_catalogue, template, 0.1)
     registry.promote(NAME)
     port = _free_port()
@@ -264,7 +253,7 @@ def test_a_model_is_not_registered_with_the_scores_of_other_weights(tiny_backbon
         )
 
 
-def test_only_a_missing_model_or_alias_reads_as_no_champion(store, monkeypatch):
+def test_only_a_missing_model_or_alias_reads_as_no_champion(mlflow_store, monkeypatch):
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
