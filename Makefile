@@ -34,9 +34,11 @@ run: setup
 test: setup
 	pytest -n auto --dist loadscope --no-loadscope-reorder
 
+LINTED := src tests benchmarks
+
 lint: setup
-	ruff check src tests benchmarks
-	ruff format --check src tests benchmarks
+	ruff check $(LINTED)
+	ruff format --check $(LINTED)
 
 mlflow-ui: setup
 	mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000

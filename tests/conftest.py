@@ -123,7 +123,7 @@ def mlflow_store(tmp_path, monkeypatch):
 
     previous_uri, previous_experiment = utils._tracking_uri, fluent._active_experiment_id
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # set_tracking_uri sets it too; this undoes it
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment(
         "test", artifact_location=(tmp_path / "artifacts").as_uri()
