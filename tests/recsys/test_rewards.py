@@ -13,7 +13,7 @@ from rere_pipeline.recsys import rewards
 # three "items": completion ids -> title; "Twin" is one title with two item ids (and two spellings)
 INDEX = rewards.CatalogueIndex(
     {(1, 9): "Alpha", (2, 9): "Beta", (3, 9): "Gamma", (4, 9): "Twin", (5, 9): "Twin"},
-    {"Alpha": 0, "Beta": 1, "Gamma": 2, "Twin": 3},
+    {"Alpha": [0], "Beta": [1], "Gamma": [2], "Twin": [3, 4]},
 )
 A, B, C, T1, T2 = [1, 9], [2, 9], [3, 9], [4, 9], [5, 9]
 
@@ -105,11 +105,15 @@ def test_semantic_reward_with_the_real_offline_minilm():
 def test_collaborative_reward_is_sasrec_probability_relative_to_its_top_item():
     class FakeSASRec:
         def score(self, histories):
-            return torch.tensor([[2.0, 0.0, math.log(0.5) + 2.0, -1.0]] * len(histories))
+            row = [2.0, 0.0, math.log(0.5) + 2.0, -1.0, math.log(0.25) + 2.0]
+            return torch.tensor([row] * len(histories))
 
     collaborative = rewards.collaborative_reward(INDEX, FakeSASRec())
-    out = call(collaborative, [A, B, C, [7, 9]], ["Alpha"] * 4, history_item_id=[[1, 2]] * 4)
-    assert out == pytest.approx([1.0, math.exp(-2.0), 0.5, 0.0])
+    out = call(
+        collaborative, [A, B, C, [7, 9], T1, T2], ["Alpha"] * 6, history_item_id=[[1, 2]] * 6
+    )
+    # "Twin" is items 3 and 4: either spelling scores the title's better item, 4
+    assert out == pytest.approx([1.0, math.exp(-2.0), 0.5, 0.0, 0.25, 0.25])
 
 
 def test_build_rewards_selects_and_weights_by_name():

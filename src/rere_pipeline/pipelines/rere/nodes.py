@@ -179,7 +179,7 @@ def reinforce(
     recommender = CatalogueRecommender(
         init.tokenizer, init.model, catalogue, PromptTemplate.from_params(prompt_params)
     )
-    index = rewards.CatalogueIndex.of(recommender)  # a repeated title: its first item id
+    index = rewards.CatalogueIndex.of(recommender)
     weights = reward_weights(params)
     funcs, func_weights = rewards.build_rewards(
         weights, index, size, sasrec=sasrec_model if "collaborative" in weights else None
