@@ -451,6 +451,18 @@ def test_keep_best_undoes_a_collapse_but_not_a_near_tie():
     assert _kept_step([before, collapsed, final], confidence=0.95) == (2, 2)
 
 
+def test_keep_best_asks_more_of_a_best_picked_from_more_steps():
+    rng = np.random.default_rng(0)
+    before, final = [(rng.random(1000) < share) * 0.5 for share in (0.10, 0.15)]
+    best = final.copy()  # 24 hits more, 10 fewer: best / final 1.079, 95% 1.010 - 1.153
+    best[rng.choice(np.flatnonzero(final == 0), 24, replace=False)] = 0.5
+    best[rng.choice(np.flatnonzero(final > 0), 10, replace=False)] = 0.0
+    # the only earlier step: held to 95%, which it passes
+    assert _kept_step([best, final], confidence=0.95) == (0, 0)
+    # the same rows as the best of 5 earlier steps: held to 99% (0.995 - 1.174), which it fails
+    assert _kept_step([before] * 4 + [best, final], confidence=0.95) == (5, 5)
+
+
 @pytest.mark.parametrize("ratio, stops_at", [(0.5, 3), (0.0, None)])
 def test_training_stops_when_valid_ndcg_collapses(ratio, stops_at):
     from transformers import TrainerControl, TrainerState
