@@ -19,6 +19,7 @@ from rere_pipeline.pipelines.rere.nodes import check_params
         ({"objective": "ppo"}, "rere.objective must be one of"),
         ({"rewards": {"rule": 1.0, "clicks": 1.0}}, "unknown reward"),
         ({"rewards": {"rule": 0}}, "at least one reward"),
+        ({"keep_best_confidence": 1.0}, r"keep_best_confidence must be in \[0, 1\)"),
     ],
 )
 def test_an_unknown_choice_is_refused_by_name(overrides, message):

@@ -481,9 +481,11 @@ class ValidNDCGCallback(TrainerCallback):
         paired bootstrap interval of (best / final) valid NDCG@10 lies above 1: a collapse is
         undone, a near-tie the sample happened to order one way is not (on a 1,000-row sample,
         steps whose whole-split scores tie can differ by 3-4%). The best is picked from the m
-        earlier steps scored on the same rows, so each comparison is held to a Bonferroni
-        ``1 - (1 - confidence) / m``, and ``confidence`` bounds the chance that noise alone
-        replaces the final weights. ``confidence`` 0 always takes the best."""
+        earlier steps scored on the same rows, so its one comparison is held to a Bonferroni
+        ``1 - (1 - confidence) / m``: then ``1 - confidence`` bounds, approximately (a
+        percentile bootstrap) and conservatively (the steps are correlated), the chance that
+        noise alone replaces final weights that are as good. ``confidence`` 0 always takes
+        the best."""
         if not self.history:
             return 0
         step = self.history[-1]["step"]  # the final weights, always scored

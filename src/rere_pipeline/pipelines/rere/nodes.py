@@ -39,11 +39,15 @@ CHOICES = {
 
 
 def check_params(params: dict) -> None:
-    """Refuse an unknown choice (``CHOICES``) or reward before anything is decoded or
-    trained: the ablation checks every arm before it trains the first."""
+    """Refuse an unknown choice (``CHOICES``), reward or ``keep_best_confidence`` outside
+    [0, 1) before anything is decoded or trained: the ablation checks every arm before it
+    trains the first."""
     for key, options in CHOICES.items():
         rere.check_choice(key, params.get(key, options[0]), options)
     rewards.check_weights(reward_weights(params))
+    confidence = float(params.get("keep_best_confidence", 0.95))
+    if not 0.0 <= confidence < 1.0:
+        raise ValueError(f"rere.keep_best_confidence must be in [0, 1), got {confidence}")
 
 
 def reward_weights(params: dict) -> dict[str, float]:
