@@ -78,6 +78,14 @@ def check_choice(key: str, value, options: Sequence) -> None:
         raise ValueError(f"rere.{key} must be one of {tuple(options)}, not {value!r}")
 
 
+def keep_best_confidence(params: dict) -> float:
+    """``rere.keep_best_confidence`` (default 0.95), refused outside [0, 1)."""
+    confidence = float(params.get("keep_best_confidence", 0.95))
+    if not 0.0 <= confidence < 1.0:
+        raise ValueError(f"rere.keep_best_confidence must be in [0, 1), got {confidence}")
+    return confidence
+
+
 def dynamic_group(drawn: Group, target_item: int | None, size: int) -> Group:
     """Keep every sampled copy of the target, fill up to ``size`` with the most frequent
     distinct negatives (repeating the most frequent when too few are distinct); likelihood order."""
@@ -489,16 +497,16 @@ class ValidNDCGCallback(TrainerCallback):
         if not self.history:
             return 0
         step = self.history[-1]["step"]  # the final weights, always scored
-        earlier = len(self.history) - 1
-        if self.best_step != step and self._better_than_final(step, confidence, earlier):
+        if self.best_step != step and self._better_than_final(step, confidence):
             model.load_state_dict(self.best_state)
             step = self.best_step
         next(h for h in self.history if h["step"] == step)["kept"] = True
         return step
 
-    def _better_than_final(self, final_step: int, confidence: float, earlier: int) -> bool:
+    def _better_than_final(self, final_step: int, confidence: float) -> bool:
         if not confidence:
             return True
+        earlier = len(self.history) - 1  # the steps scored before the final one
         level = 1.0 - (1.0 - confidence) / earlier
         samples = max(1000, math.ceil(20 / (1.0 - level)))  # >= 10 resamples in each tail
         gap = paired_bootstrap_ratio(
@@ -661,7 +669,7 @@ def train_rere(
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     trained = trainer.model
     if params.get("keep_best", True):
-        kept = callback.restore_best(trained, float(params.get("keep_best_confidence", 0.95)))
+        kept = callback.restore_best(trained, keep_best_confidence(params))
         log.info("ReRe: ending with the weights of step %d", kept)
     if hasattr(trained, "merge_and_unload"):
         trained = trained.merge_and_unload()

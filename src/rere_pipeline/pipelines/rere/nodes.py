@@ -45,9 +45,7 @@ def check_params(params: dict) -> None:
     for key, options in CHOICES.items():
         rere.check_choice(key, params.get(key, options[0]), options)
     rewards.check_weights(reward_weights(params))
-    confidence = float(params.get("keep_best_confidence", 0.95))
-    if not 0.0 <= confidence < 1.0:
-        raise ValueError(f"rere.keep_best_confidence must be in [0, 1), got {confidence}")
+    rere.keep_best_confidence(params)
 
 
 def reward_weights(params: dict) -> dict[str, float]:
