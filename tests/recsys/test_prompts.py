@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from rere_pipeline.recsys.prompts import PromptTemplate, completion_ids, encode, encode_pairs
 
 
@@ -12,6 +14,25 @@ def test_prompt_lists_history_in_quotes_and_ends_with_the_cue():
         text
         == 'A user bought these items, oldest first:\n"b"\n"c"\nThe next item the user buys is:\n'
     )
+
+
+def test_null_max_history_keeps_the_whole_history():
+    text = PromptTemplate.from_params({"max_history": None}).prompt(["a", "b", "c"])
+    assert '"a"\n"b"\n"c"' in text
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"max_histroy": 5}, r"unknown key\(s\) \['max_histroy'\]"),
+        ({"max_history": 0}, "max_history must be a positive integer or null"),
+        ({"max_history": "10"}, "max_history must be a positive integer or null"),
+        ({"completion": "{name}"}, r"prompts.completion must contain \{title\}"),
+    ],
+)
+def test_prompt_parameters_are_checked(params, message):
+    with pytest.raises(ValueError, match=message):
+        PromptTemplate.from_params(params)
 
 
 def test_pairs_are_prompt_ids_then_completion_ids_then_eos(

@@ -21,14 +21,37 @@ class PromptTemplate:
     separator: str = "\n"
     answer_cue: str = "\nThe next item the user buys is:\n"
     completion: str = '"{title}"'
-    max_history: int = 10
+    max_history: int | None = 10  # the most recent titles kept; None: the whole history
+
+    def __post_init__(self):
+        for name in ("item", "completion"):
+            if "{title}" not in getattr(self, name):
+                raise ValueError(f"prompts.{name} must contain {{title}}: {getattr(self, name)!r}")
+        if self.max_history is not None and (
+            isinstance(self.max_history, bool)
+            or not isinstance(self.max_history, int)
+            or self.max_history < 1
+        ):
+            raise ValueError(
+                f"prompts.max_history must be a positive integer or null (the whole history), "
+                f"not {self.max_history!r}"
+            )
 
     @classmethod
     def from_params(cls, params: dict) -> PromptTemplate:
-        return cls(**{k: v for k, v in params.items() if k in cls.__dataclass_fields__})
+        """The template of ``parameters_prompts.yml``; a key it does not know is refused (a
+        misspelt key would otherwise leave its default in force without a word)."""
+        unknown = sorted(set(params) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(
+                f"prompts: unknown key(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}"
+            )
+        return cls(**params)
 
     def prompt(self, history_titles: Sequence[str]) -> str:
-        recent = list(history_titles)[-self.max_history :] if self.max_history else []
+        recent = list(history_titles)
+        if self.max_history is not None:
+            recent = recent[-self.max_history :]
         lines = self.separator.join(self.item.format(title=t) for t in recent)
         return f"{self.instruction}{self.separator}{lines}{self.answer_cue}"
 
