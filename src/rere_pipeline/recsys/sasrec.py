@@ -210,6 +210,7 @@ def target_ranks(model: SASRec, rows: pd.DataFrame, batch_size: int = 1024) -> t
         chunk = rows.iloc[start : start + batch_size]
         scores = model.score(chunk["history_item_id"].tolist())
         target = torch.from_numpy(chunk["item_id"].to_numpy(dtype=np.int64, copy=True))
+        target = target.to(scores.device)  # gather wants its index on the scores' device
         target_score = scores.gather(1, target[:, None])
         ranks.append((scores > target_score).sum(1) + (scores == target_score).sum(1) - 1)
     return torch.cat(ranks)
