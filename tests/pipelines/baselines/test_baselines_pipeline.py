@@ -61,10 +61,12 @@ def test_model_predictions_and_plot_are_written(baselines_run):
     assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "model.safetensors"]
     assert json.loads((model_dir / "config.json").read_text())["hidden"] == 16  # conf/test
     predictions = pd.read_parquet(baselines_run / "data/07_model_output/sasrec_predictions.parquet")
-    assert len(predictions) == 24
+    assert predictions["split"].value_counts().to_dict() == {"test": 24, "valid": 24}
     assert {"row", "user_id", "item_id", "ranked_item_ids", "ranked_titles"} <= set(predictions)
-    test = pd.read_parquet(baselines_run / "data/05_model_input/test.parquet")
-    assert (test["user_id"].to_numpy()[predictions["row"]] == predictions["user_id"]).all()
+    for split, rows in predictions.groupby("split"):
+        inputs = pd.read_parquet(baselines_run / f"data/05_model_input/{split}.parquet")
+        assert (inputs["user_id"].to_numpy()[rows["row"]] == rows["user_id"]).all()
+        assert (inputs["item_id"].to_numpy()[rows["row"]] == rows["item_id"]).all()
     assert all(len(r) == 20 for r in predictions["ranked_item_ids"])
     assert all(len(set(t)) == 20 for t in predictions["ranked_titles"])
     assert (baselines_run / "data/08_reporting/sasrec_training.png").stat().st_size > 0

@@ -57,11 +57,12 @@ def lm_predictions(test_rows, rows, titles):
     return pd.concat([valid, test], ignore_index=True)
 
 
-def sasrec_predictions(test_rows, titles, rows=None):
-    """SASRec's predictions for ``rows`` (positions in the test split; all by default)."""
+def sasrec_predictions(test_rows, titles, rows=None, split="test"):
+    """SASRec's predictions for ``rows`` (positions in the ``split``; all by default)."""
     picked = test_rows.iloc[list(range(len(test_rows)) if rows is None else rows)]
     return pd.DataFrame(
         {
+            "split": split,
             "row": picked.index,
             "user_id": picked["user_id"],
             "item_id": picked["item_id"],
@@ -107,10 +108,25 @@ def test_models_are_compared_on_the_rows_they_all_scored(test_rows):
     )
     assert f"| rere / sft | {pair['ratio']:.3f} | {pair['low']:.3f} - {pair['high']:.3f} |" in table
     assert "| history holds the target | 1 | 1.0000 (100%) |" in table
-    # valid: SASRec has no valid predictions, so only the LMs' pair (on their one valid row)
+    # valid: these SASRec predictions hold test rows only, so only the LMs' pair (on their
+    # one valid row)
     valid = both["valid"]
     assert valid["rows"] == 1 and set(valid["models"]) == {"sft", "rere"}
     assert list(valid["pairs"]) == ["rere/sft"] and valid["pairs"]["rere/sft"]["ratio"] == 1.0
+    # SASRec's valid rows (a miss on row 0) join the valid comparison; a file without a
+    # split column (written before SASRec scored valid rows) still serves test
+    with_valid = pd.concat([sasrec, sasrec_predictions(test_rows, [["Q"]], [0], "valid")])
+    both_splits = compare_models(
+        test_rows, test_rows, TRAIN, PARAMS, sasrec=with_valid, sft=sft, rere=rere
+    )
+    assert both_splits["test"]["models"] == result["models"]
+    assert both_splits["valid"]["models"] == {"sasrec": 0.0, "sft": 1.0, "rere": 1.0}
+    assert list(both_splits["valid"]["pairs"]) == ["rere/sft", "rere/sasrec"]
+    old_file = compare_models(
+        test_rows, test_rows, TRAIN, PARAMS, sasrec=sasrec.drop(columns="split"), sft=sft
+    )
+    assert old_file["test"]["models"]["sasrec"] == pytest.approx(1 / 3)
+    assert set(old_file["valid"]["models"]) == {"sft"}
 
     table = markdown_table({}, PARAMS, both)
     assert table.index("## test: paired comparison") < table.index("## valid: paired comparison")

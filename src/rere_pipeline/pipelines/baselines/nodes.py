@@ -96,7 +96,7 @@ def evaluate_sasrec(
     max_rows: dict | int | None,
 ) -> tuple[dict, pd.DataFrame, dict]:
     """HR/NDCG@K by title and by item id on the rows ``evaluate`` scores the LMs on
-    (``evaluate.max_rows``); test top-K predictions."""
+    (``evaluate.max_rows``); the top-K predictions of every scored row, with its ``split``."""
     settings = params["eval"]
     ks = [int(k) for k in settings.get("ks", DEFAULT_KS)]
     max_k = max(ks)
@@ -104,7 +104,7 @@ def evaluate_sasrec(
     # Ranking max_k ids plus one per repeated title always leaves max_k distinct titles.
     depth = max_k + len(catalogue) - catalogue["title"].nunique()
     evaluation: dict = {"sasrec": {}, "sasrec_by_id": {}}
-    predictions = None
+    predictions = []
     for split, rows in (("test", test), ("valid", valid)):
         rows = scored_rows(rows, max_rows, split)
         ranked_ids = sasrec.rank(
@@ -130,10 +130,11 @@ def evaluate_sasrec(
             by_id["NDCG@10"],
             len(rows),
         )
-        if split == "test":
-            k = int(settings["predictions_k"])
-            predictions = pd.DataFrame(
+        k = int(settings["predictions_k"])
+        predictions.append(
+            pd.DataFrame(
                 {
+                    "split": split,
                     "row": rows.index.to_numpy(),  # position in the split (scored_rows)
                     "user_id": rows["user_id"].to_numpy(),
                     "item_id": rows["item_id"].to_numpy(),
@@ -142,6 +143,7 @@ def evaluate_sasrec(
                     "ranked_titles": [t[:k] for t in ranked_titles],
                 }
             )
+        )
     metrics = {
         _metric_name(f"{model_key}.{split}.{name}"): {"value": float(value), "step": 0}
         for model_key, splits in evaluation.items()
@@ -149,4 +151,4 @@ def evaluate_sasrec(
         for name, value in entry.items()
         if name.startswith(("HR@", "NDCG@"))
     }
-    return evaluation, predictions, metrics
+    return evaluation, pd.concat(predictions, ignore_index=True), metrics

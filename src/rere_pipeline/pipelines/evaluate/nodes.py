@@ -147,21 +147,20 @@ def _rows_scored(
 ) -> pd.DataFrame | None:
     """``predictions``' rows of ``split``, indexed by position in ``rows`` (that split's model
     input), with ``target_title`` and ``titles``; ``None`` when the model did not score the
-    split. An LM's predictions (``evaluate_lm``) hold every split it scored, SASRec's
-    (``evaluate_sasrec``) the test split."""
+    split. Predictions hold every split their model scored (``split`` column); SASRec's
+    written before they had one hold the test split only."""
     if "row" not in predictions:
         raise ValueError(
             f"{name}_predictions has no 'row' column (written before it existed): "
             "re-run the node that wrote it"
         )
-    if "split" in predictions:  # an LM
-        picked, columns = predictions[predictions["split"] == split], _LM_COLUMNS
-        if picked.empty:
-            return None
-    elif split == "test":  # SASRec
-        picked, columns = predictions, _SASREC_COLUMNS
+    if "split" in predictions:
+        picked = predictions[predictions["split"] == split]
     else:
+        picked = predictions if split == "test" else predictions.iloc[:0]
+    if picked.empty:
         return None
+    columns = _SASREC_COLUMNS if "ranked_titles" in picked else _LM_COLUMNS
     frame = pd.DataFrame({ours: picked[theirs].to_numpy() for ours, theirs in columns.items()})
     position = frame["row"].to_numpy()
     aligned = frame["row"].between(0, len(rows) - 1).all() and (
@@ -194,8 +193,6 @@ def compare_models(
     * ``popularity``: the new-item rows again, split by how many ``train`` rows have their
       target title as the target (``compare.popularity_bins``): a target never trained on
       cannot be learnt, and a gain on rare targets can hide a loss on popular ones.
-
-    SASRec's predictions cover test only, so valid compares the LMs.
     """
     settings = params.get("compare", {})
     train_counts = train["item_title"].value_counts()
