@@ -156,8 +156,10 @@ def _rows_scored(
         )
     if "split" in predictions:
         picked = predictions[predictions["split"] == split]
+    elif split == "test":  # SASRec's, written before they held valid rows
+        picked = predictions
     else:
-        picked = predictions if split == "test" else predictions.iloc[:0]
+        return None
     if picked.empty:
         return None
     columns = _SASREC_COLUMNS if "ranked_titles" in picked else _LM_COLUMNS
