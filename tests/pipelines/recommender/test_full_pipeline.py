@@ -35,7 +35,11 @@ def test_full_run_writes_models_and_the_evaluation_report(full_run):
     new_item_rows = test["slices"]["new item"]["rows"]
     assert sum(s["rows"] for s in test["popularity"].values()) == new_item_rows
     assert test["models"]["sft"] == pytest.approx(evaluation["sft"]["test"]["NDCG@10"])
-    assert set(valid["models"]) == {"sft", "rere"} and valid["rows"] == 24
+    # SASRec's valid predictions are compared with the LMs' too, on the same rows
+    assert set(valid["models"]) == {"sft", "rere", "sasrec"} and valid["rows"] == 24
+    assert set(valid["pairs"]) == set(test["pairs"])
+    assert valid["models"]["sasrec"] == pytest.approx(evaluation["sasrec"]["valid"]["NDCG@10"])
+    assert "## valid: paired comparison (NDCG@10)" in table
     assert "## test: paired comparison (NDCG@10)" in table
     assert (project / "data/08_reporting/rere_training.png").stat().st_size > 10_000
     assert (project / "data/08_reporting/evaluation_curves.png").stat().st_size > 10_000
