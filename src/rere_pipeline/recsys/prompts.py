@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rere_pipeline.recsys.params import dataclass_from_params
+
 
 @dataclass(frozen=True)
 class PromptTemplate:
@@ -39,14 +41,8 @@ class PromptTemplate:
 
     @classmethod
     def from_params(cls, params: dict) -> PromptTemplate:
-        """The template of ``parameters_prompts.yml``; a key it does not know is refused (a
-        misspelt key would otherwise leave its default in force without a word)."""
-        unknown = sorted(set(params) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(
-                f"prompts: unknown key(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}"
-            )
-        return cls(**params)
+        """The template of ``parameters_prompts.yml``; a key it does not know is refused."""
+        return dataclass_from_params(cls, params, "prompts")
 
     def prompt(self, history_titles: Sequence[str]) -> str:
         recent = list(history_titles)

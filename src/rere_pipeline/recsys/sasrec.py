@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
+
+from rere_pipeline.recsys.params import dataclass_from_params
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +68,7 @@ class SASRecTrainParams:
     def from_mapping(cls, params: Mapping | SASRecTrainParams) -> SASRecTrainParams:
         if isinstance(params, cls):
             return params
-        known = {f.name for f in fields(cls)}
-        unknown = set(params) - known
-        if unknown:
-            raise ValueError(f"unknown SASRec training parameter(s): {sorted(unknown)}")
-        return cls(**params)
+        return dataclass_from_params(cls, params, "baselines.sasrec.train")
 
 
 # ---------------------------------------------------------------------------------- model

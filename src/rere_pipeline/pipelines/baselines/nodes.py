@@ -100,6 +100,7 @@ def evaluate_sasrec(
     settings = params["eval"]
     ks = [int(k) for k in settings.get("ks", DEFAULT_KS)]
     max_k = max(ks)
+    top_k = int(settings["predictions_k"])  # kept per row in the predictions
     titles = dict(zip(catalogue["item_id"].astype(int), catalogue["title"], strict=True))
     # Ranking max_k ids plus one per repeated title always leaves max_k distinct titles.
     depth = max_k + len(catalogue) - catalogue["title"].nunique()
@@ -130,7 +131,6 @@ def evaluate_sasrec(
             by_id["NDCG@10"],
             len(rows),
         )
-        k = int(settings["predictions_k"])
         predictions.append(
             pd.DataFrame(
                 {
@@ -139,8 +139,8 @@ def evaluate_sasrec(
                     "user_id": rows["user_id"].to_numpy(),
                     "item_id": rows["item_id"].to_numpy(),
                     "item_title": rows["item_title"].to_numpy(),
-                    "ranked_item_ids": [r[:k] for r in ranked_ids],
-                    "ranked_titles": [t[:k] for t in ranked_titles],
+                    "ranked_item_ids": [r[:top_k] for r in ranked_ids],
+                    "ranked_titles": [t[:top_k] for t in ranked_titles],
                 }
             )
         )
