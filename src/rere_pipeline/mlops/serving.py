@@ -87,9 +87,11 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
     def predict(
         self, context, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
-        k = int((params or {}).get("k") or self.k)
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+        k = (params or {}).get("k")
+        k = self.k if k is None else int(k)
+        items = len(self.recommender.trie.sequences)  # the beam search's width is at least k
+        if not 1 <= k <= items:
+            raise ValueError(f"k must be between 1 and {items} (the catalogue's titles), got {k}")
         histories = [self._history(i, row) for i, row in enumerate(model_input.to_dict("records"))]
         recs = self.recommender.recommend(histories, num_beams=max(k, self.recommender.num_beams))
         return pd.DataFrame(
