@@ -60,6 +60,10 @@ def test_logged_model_recommends_catalogue_items_from_ids_or_titles(
     assert list(by_title["item_ids"][0]) == list(by_id["item_ids"][0])
     five = model.predict(pd.DataFrame({"history_item_ids": [[ids[1]]]}), params={"k": 5})
     assert len(five["titles"][0]) == 5
+    titles_count = small_catalogue["title"].nunique()
+    for bad in (0, titles_count + 1, 10**6):  # 0 is not "the default"; no beam wider than that
+        with pytest.raises(ValueError, match=f"k must be between 1 and {titles_count} .*got {bad}"):
+            model.predict(pd.DataFrame({"history_item_ids": [[ids[1]]]}), params={"k": bad})
     with pytest.raises(ValueError, match="row 0: item ids not in the catalogue: \\[123456789\\]"):
         model.predict(pd.DataFrame({"history_item_ids": [[123456789]]}))
     details = mlflow.MlflowClient().get_model_version(NAME, version)
@@ -153,6 +157,86 @@ def test_a_retrain_challenger_is_judged_by_its_comparison_with_this_champion(
     assert len(calls) == 1 and not decision.promoted and aliases()["champion"] == challenger
 
 
+def test_the_recorded_comparison_comes_before_the_champions_own_tags(
+    mlflow_store, tiny_backbone, small_catalogue, template
+):
+    champion = register(tiny_backbone, small_catalogue, template, 0.30, rows="same")
+    registry.promote(NAME)
+    # the same fingerprint, but this challenger's cycle also scored the champion: 0.15 is the
+    # newer measurement (the champion's tag of 0.30 may come from another cycle's rows)
+    tags = {registry.COMPARED_WITH: champion, registry.COMPARED_SCORE: "0.15"}
+    challenger = register(tiny_backbone, small_catalogue, template, 0.2, rows="same", **tags)
+    decision = registry.promote(NAME)
+    assert (decision.challenger_score, decision.champion_score) == (0.2, 0.15)
+    assert decision.promoted and aliases()["champion"] == challenger
+
+
+def test_a_champion_without_score_tags_is_compared_when_no_tag_is_needed(
+    mlflow_store, tiny_backbone, small_catalogue, template
+):
+    client = mlflow.MlflowClient()
+    with mlflow.start_run():  # a champion registered by hand, without the score tags
+        info = serving.log_recommender(
+            tiny_backbone,
+            small_catalogue,
+            template,
+            num_beams=5,
+            batch_size=8,
+            k=3,
+            registered_model_name=NAME,
+        )
+    bare = str(info.registered_model_version)
+    client.set_model_version_tag(NAME, bare, "valid_rows", "rows-a")  # the challengers' rows
+    client.set_registered_model_alias(NAME, "champion", bare)
+    tags = {registry.COMPARED_WITH: bare, registry.COMPARED_SCORE: "0.15"}
+    challenger = register(tiny_backbone, small_catalogue, template, 0.2, **tags)
+    assert registry.promote(NAME).promoted and aliases()["champion"] == challenger
+    # on the same rows without a recorded comparison the champion's tag is needed, and named
+    client.set_registered_model_alias(NAME, "champion", bare)
+    register(tiny_backbone, small_catalogue, template, 0.2)
+    with pytest.raises(ValueError, match=f"model version {bare} has no numeric 'valid_ndcg_at_10'"):
+        registry.promote(NAME)
+    assert aliases()["champion"] == bare
+
+
+def test_nothing_is_promoted_when_the_challenger_alias_moved(
+    mlflow_store, tiny_backbone, small_catalogue, template
+):
+    champion = register(tiny_backbone, small_catalogue, template, 0.1)
+    registry.promote(NAME)
+    mine = register(tiny_backbone, small_catalogue, template, 0.2)
+    theirs = register(tiny_backbone, small_catalogue, template, 0.9)  # another register
+    with pytest.raises(RuntimeError, match=f"moved to v{theirs} \\(expected v{mine}"):
+        registry.promote(NAME, expected_challenger=mine)
+    assert aliases() == {"champion": champion, "challenger": theirs}
+    tags = mlflow.MlflowClient().get_model_version(NAME, theirs).tags
+    assert not any(key.startswith("promotion.") for key in tags)
+    assert registry.promote(NAME, expected_challenger=theirs).promoted
+
+
+def test_the_rows_fingerprint_changes_with_what_the_score_depends_on():
+    rows = pd.DataFrame(
+        {
+            "user_id": ["u1", "u2"],
+            "item_id": [3, 4],
+            "item_title": ["Kettle", "Lamp"],
+            "prompt": ["bought: Mug. next:", "bought: Desk. next:"],
+        }
+    )
+    titles = ["Kettle", "Lamp", "Mug", "Desk"]
+    base = registry.rows_fingerprint(rows, titles, 20, 0.0)
+    assert registry.rows_fingerprint(rows.copy(), list(reversed(titles)), 20, 0.0) == base
+    other_prompt = rows.assign(prompt=["bought: Mug, Desk. next:", "bought: Desk. next:"])
+    changed = [
+        registry.rows_fingerprint(other_prompt, titles, 20, 0.0),  # a longer history window
+        registry.rows_fingerprint(rows.iloc[::-1], titles, 20, 0.0),  # row order
+        registry.rows_fingerprint(rows, titles[:-1], 20, 0.0),  # an item dropped
+        registry.rows_fingerprint(rows, titles, 10, 0.0),  # beam width
+        registry.rows_fingerprint(rows, titles, 20, 1.0),  # length penalty
+    ]
+    assert base not in changed and len(set(changed)) == len(changed)
+
+
 def test_promote_refuses_to_rescore_a_retrain_model_on_the_rows_it_trained_on(
     mlflow_store, tiny_backbone, small_catalogue, template
 ):
@@ -179,6 +263,37 @@ def test_promote_refuses_to_rescore_a_retrain_model_on_the_rows_it_trained_on(
     with pytest.raises(ValueError, match="none of the 2 rows of data/05_model_input/valid"):
         promote_challenger(valid, {"model_name": NAME}, evaluate_params)
     assert aliases()["champion"] == release
+
+
+def test_promote_rescores_on_reported_rows_only(
+    mlflow_store, tiny_backbone, small_catalogue, template, monkeypatch
+):
+    from rere_pipeline.pipelines.registry.nodes import promote_challenger
+    from rere_pipeline.pipelines.samples import report_sample, selection_sample
+
+    titles = small_catalogue["title"].tolist()
+    valid = pd.DataFrame(
+        {
+            "history_item_title": [[titles[i]] for i in range(8)],
+            "item_title": titles[1:9],
+            "timestamp": [1000 * (i + 1) for i in range(8)],
+        }
+    )
+    reported = set(report_sample(valid, 4).index)
+    newer = set(valid.index[valid["timestamp"] >= 4500])
+    assert not newer <= reported  # else sampling the newer rows would pick the same ones
+    seen = []
+    monkeypatch.setattr(
+        serving, "score_models", lambda uris, rows, k: seen.append(rows) or [0.2, 0.1]
+    )
+    register(tiny_backbone, small_catalogue, template, 0.3, "a", trained_before="1000")
+    registry.promote(NAME)
+    register(tiny_backbone, small_catalogue, template, 0.1, "b", trained_before="4500")
+    promote_challenger(valid, {"model_name": NAME}, {"max_rows": {"valid": 4}})
+    [rows] = seen
+    # the reported rows after both trained: none of those training chose on
+    assert set(rows.index) == reported & newer
+    assert reported.isdisjoint(selection_sample(valid, 4).index)
 
 
 def test_score_models_ranks_with_each_model_on_the_same_rows(

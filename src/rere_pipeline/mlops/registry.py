@@ -1,15 +1,16 @@
 """The MLflow model registry: register a challenger, promote it to champion only if it is better.
 
 Every registered version of ``rere-recommender`` carries the evidence promotion needs as
-tags: ``valid_ndcg_at_10`` and ``valid_rows`` (a fingerprint of the valid rows and beam width
-it was scored on) and ``trained_before`` (Unix seconds: every row it trained on has an earlier
-target). ``promote`` compares challenger and champion **on the same rows**, rows neither trained
-on. When the fingerprints differ (e.g. after a retrain moved the split) it uses, in order:
+tags: ``valid_ndcg_at_10`` and ``valid_rows`` (a fingerprint of what it was scored on: the valid
+rows and their prompts, the catalogue and the decoding) and ``trained_before`` (Unix seconds:
+every row it trained on has an earlier target). ``promote`` compares challenger and champion
+**on the same rows**, rows neither trained on, using, in order:
 
 * the comparison recorded when the challenger was trained, if it is against this very
   champion (a retrain cycle scores both on its new valid window: ``compared_with_*`` tags);
-* the caller's ``rescore``, told the newest ``trained_before`` of the two, on rows from then on
-  (a retrain model trained on the release's valid period: those rows cannot judge it).
+* the champion's own ``valid_ndcg_at_10``, if both were scored on the same rows;
+* else the caller's ``rescore``, told the newest ``trained_before`` of the two, on rows from
+  then on (a retrain model trained on the release's valid period: those rows cannot judge it).
 
 The alias ``champion`` moves only when the challenger beats the champion by more than
 ``margin``; the decision and its reason are written to the challenger's tags (``promotion.*``)
@@ -37,11 +38,22 @@ COMPARED_WITH, COMPARED_SCORE = "compared_with_version", "compared_with_valid_nd
 TRAINED_BEFORE = "trained_before"
 
 
-def rows_fingerprint(rows: pd.DataFrame, beam_width: int) -> str:
-    """Identifies the scored rows (user and target item, in order) and the beam width."""
-    keys = rows[["user_id", "item_id"]].astype(str).agg("|".join, axis=1)
-    digest = hashlib.sha256(("\n".join(keys) + f"\nbeam={beam_width}").encode()).hexdigest()
-    return digest[:16]
+def rows_fingerprint(
+    rows: pd.DataFrame, catalogue_titles, beam_width: int, length_penalty: float
+) -> str:
+    """Identifies what a valid score was measured on: every row (user, target item and title,
+    and the prompt text the model read, in order), the catalogue titles the beams could reach,
+    the beam width and the length penalty. Two scores with the same fingerprint are
+    comparable; a changed history window, prompt template or catalogue changes it."""
+    digest = hashlib.sha256()
+    for row in (
+        rows[["user_id", "item_id", "item_title", "prompt"]].astype(str).itertuples(index=False)
+    ):
+        digest.update(("\x1f".join(row) + "\n").encode())
+    for title in sorted(set(map(str, catalogue_titles))):
+        digest.update(f"{title}\n".encode())
+    digest.update(f"beam={int(beam_width)}\nlength_penalty={float(length_penalty)!r}".encode())
+    return digest.hexdigest()[:16]
 
 
 # What the registry answers for a model that does not exist, and for an alias no version holds.
@@ -98,19 +110,27 @@ def promote(
     name: str,
     margin: float = 0.0,
     rescore: Callable[[list[str], int | None], list[float]] | None = None,
+    expected_challenger: str | None = None,
 ) -> Decision:
     """Move ``champion`` to the ``challenger`` version if it is better on the same valid rows.
 
-    ``rescore(model_uris, newer_than) -> valid NDCG@10 each``, on rows common to all of them
-    whose target is from ``newer_than`` (Unix seconds; None: unknown, any row) on, is called
-    only when the two versions were scored on different rows (their ``valid_rows`` tags) and
-    the challenger holds no comparison with this champion.
+    The two scores come from the first source the module docstring lists that applies; the last,
+    ``rescore(model_uris, newer_than) -> valid NDCG@10 each``, scores both on rows common to
+    them whose target is from ``newer_than`` (Unix seconds; None: unknown, any row) on.
+
+    ``expected_challenger``: the version the caller registered; when the alias holds another
+    (a concurrent ``register``), nothing is promoted and ``RuntimeError`` is raised.
     """
     client = mlflow.MlflowClient()
     challenger = version_by_alias(client, name, CHALLENGER)
     if challenger is None:
         raise ValueError(
             f"registered model {name!r} has no {CHALLENGER!r} alias: register one first"
+        )
+    if expected_challenger is not None and str(challenger.version) != str(expected_challenger):
+        raise RuntimeError(
+            f"the {CHALLENGER!r} alias of {name!r} moved to v{challenger.version} (expected "
+            f"v{expected_challenger}, e.g. another register ran meanwhile): nothing promoted"
         )
     champion = version_by_alias(client, name, CHAMPION)
     if champion is not None and str(champion.version) == str(challenger.version):
@@ -125,34 +145,7 @@ def promote(
         )
         log.info(decision.reason)
         return decision
-    score = _recorded_score(challenger)
-    best = _recorded_score(champion) if champion is not None else None
-    if champion is not None and challenger.tags.get("valid_rows") != champion.tags.get(
-        "valid_rows"
-    ):
-        if challenger.tags.get(COMPARED_WITH) == str(champion.version):
-            best = float(challenger.tags[COMPARED_SCORE])
-            log.info(
-                "challenger v%s was scored against champion v%s on its own valid rows when it "
-                "was trained: %.4f vs %.4f",
-                challenger.version,
-                champion.version,
-                score,
-                best,
-            )
-        elif rescore is None:
-            raise ValueError(
-                f"challenger v{challenger.version} and champion v{champion.version} were scored on "
-                "different valid rows and no rescoring function was given"
-            )
-        else:
-            known = [v.tags.get(TRAINED_BEFORE) for v in (challenger, champion)]
-            newer_than = max((int(t) for t in known if t), default=None)
-            log.info("challenger and champion were scored on different rows: scoring both again")
-            score, best = rescore(
-                [f"models:/{name}/{challenger.version}", f"models:/{name}/{champion.version}"],
-                newer_than,
-            )
+    score, best = _scores(name, challenger, champion, rescore)
     promoted, reason = decide(score, best, margin)
     decision = Decision(
         promoted,
@@ -170,6 +163,39 @@ def promote(
         "%s v%s %s: %s", name, challenger.version, "promoted" if promoted else "kept out", reason
     )
     return decision
+
+
+def _scores(name: str, challenger, champion, rescore) -> tuple[float, float | None]:
+    """Valid NDCG@10 of challenger and champion (None: no champion) on the same rows, from the
+    first source that applies (module docstring); a score tag is read only where it is used."""
+    if champion is None:
+        return _recorded_score(challenger), None
+    if challenger.tags.get(COMPARED_WITH) == str(champion.version):
+        score, best = _recorded_score(challenger), float(challenger.tags[COMPARED_SCORE])
+        log.info(
+            "challenger v%s was scored against champion v%s on its own valid rows when it was "
+            "trained: %.4f vs %.4f",
+            challenger.version,
+            champion.version,
+            score,
+            best,
+        )
+        return score, best
+    if challenger.tags.get("valid_rows") == champion.tags.get("valid_rows"):
+        return _recorded_score(challenger), _recorded_score(champion)
+    if rescore is None:
+        raise ValueError(
+            f"challenger v{challenger.version} and champion v{champion.version} were scored on "
+            "different valid rows and no rescoring function was given"
+        )
+    known = [v.tags.get(TRAINED_BEFORE) for v in (challenger, champion)]
+    newer_than = max((int(t) for t in known if t), default=None)
+    log.info("challenger and champion were scored on different rows: scoring both again")
+    score, best = rescore(
+        [f"models:/{name}/{challenger.version}", f"models:/{name}/{champion.version}"],
+        newer_than,
+    )
+    return score, best
 
 
 def _recorded_score(version) -> float:

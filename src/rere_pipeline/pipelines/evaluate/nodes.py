@@ -35,6 +35,7 @@ def evaluate_lm(
     """HR@K / NDCG@K of an LM's constrained beam search on each split, and its predictions."""
     check_evaluate_depth(params)
     ks = [int(k) for k in params["ks"]]
+    length_penalty = float(params.get("length_penalty", 0.0))
     recommender = CatalogueRecommender(
         backbone.tokenizer,
         backbone.model,
@@ -42,7 +43,7 @@ def evaluate_lm(
         PromptTemplate.from_params(prompt_params),
         num_beams=int(params["beam_width"]),
         batch_size=int(params["batch_size"]),
-        length_penalty=float(params.get("length_penalty", 0.0)),
+        length_penalty=length_penalty,
     )
     known = set(catalogue["title"].astype(str))
     digest = weights_digest(backbone.model)  # registering checks it scored these weights
@@ -63,7 +64,9 @@ def evaluate_lm(
             "rows": len(prompts),
             "valid_fraction": sum(t in known for t in returned) / max(1, len(returned)),
             "beam_width": int(params["beam_width"]),
-            "rows_fingerprint": rows_fingerprint(prompts, int(params["beam_width"])),
+            "rows_fingerprint": rows_fingerprint(
+                prompts, known, int(params["beam_width"]), length_penalty
+            ),
             "weights_sha256": digest,
             **ranking_metrics([r.titles for r in recs], prompts["item_title"].tolist(), ks),
             "users_per_second": len(prompts) / seconds,

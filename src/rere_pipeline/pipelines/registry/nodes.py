@@ -100,23 +100,25 @@ def register_model(
 def promote_challenger(valid: pd.DataFrame, params: dict, evaluate_params: dict) -> dict:
     """Move ``champion`` to the challenger only if it beats the champion on valid NDCG@10.
 
-    Two versions scored on different rows are scored again on the valid rows neither trained
-    on (``registry.promote``): all of them for two models of this release; none for a model a
-    retrain trained on later events, which is then compared in its own cycle, not here."""
+    Two versions scored on different rows are scored again on the valid rows evaluation
+    reports (no training chose on them) that neither trained on (``registry.promote``): all of
+    them for two models of this release; none for a model a retrain trained on later events,
+    which is then compared in its own cycle, not here."""
 
     def rescore(model_uris: list[str], newer_than: int | None) -> list[float]:
-        rows = valid if newer_than is None else valid[valid["timestamp"] >= newer_than]
+        # the rows evaluation reports (no training chose on them), then those after both trained
+        reported = scored_rows(valid, evaluate_params.get("max_rows"), "valid")
+        rows = reported if newer_than is None else reported[reported["timestamp"] >= newer_than]
         if rows.empty:
             raise ValueError(
                 f"{' and '.join(model_uris)} were scored on different valid rows, and none of "
-                f"the {len(valid)} rows of data/05_model_input/valid.parquet is from after both "
-                f"trained (one trained on events until {iso_date(newer_than)}): on these rows the "
-                "newer model would be judged on what it trained on. A retrain cycle compares "
-                "its challenger with the champion on its own new valid window"
+                f"the {len(reported)} rows of data/05_model_input/valid.parquet that evaluation "
+                f"scores is from after both trained (one trained on events until "
+                f"{iso_date(newer_than)}): on these rows the newer model would be judged on what "
+                "it trained on. A retrain cycle compares its challenger with the champion on its "
+                "own new valid window"
             )
-        return serving.score_models(
-            model_uris, scored_rows(rows, evaluate_params.get("max_rows"), "valid"), k=10
-        )
+        return serving.score_models(model_uris, rows, k=10)
 
     decision = registry.promote(
         params["model_name"], margin=float(params.get("margin", 0.0)), rescore=rescore

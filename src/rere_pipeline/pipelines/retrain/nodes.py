@@ -141,11 +141,15 @@ def retrain_cycle(
 
         # the warm-start champion's score on these rows travels in the challenger's
         # compared_with_* tags; rescoring is only for a champion promoted by hand meanwhile
-        challenger = f"models:/{name}/{version}"
-        rescore = new_rows_rescorer({challenger: valid["NDCG@10"]}, score_uri, challenger)
+        rescore = new_rows_rescorer({f"models:/{name}/{version}": valid["NDCG@10"]}, score_uri)
         try:
+            # a challenger alias moved by another register meanwhile stops the promotion: this
+            # cycle never scored that model
             decision = registry.promote(
-                name, margin=float(registry_params.get("margin", 0.0)), rescore=rescore
+                name,
+                margin=float(registry_params.get("margin", 0.0)),
+                rescore=rescore,
+                expected_challenger=version,
             )
         except Exception:
             log.error(
@@ -172,22 +176,16 @@ def retrain_cycle(
 
 
 def new_rows_rescorer(
-    scored: dict[str, float], score_uri: Callable[[str], float], challenger: str
+    scored: dict[str, float], score_uri: Callable[[str], float]
 ) -> Callable[[list[str]], list[float]]:
     """``registry.promote``'s ``rescore`` for a retrain cycle: the valid NDCG@10 the cycle
     measured on the new rows (``scored``, by model URI; the registered tags are older).
 
     A champion promoted by hand while the cycle trained is not in ``scored``: it is scored on
-    the same rows with ``score_uri``. A challenger alias moved by another ``register`` in the
-    meantime stops the promotion, since this cycle did not score that model."""
+    the same rows with ``score_uri``."""
 
     def rescore(model_uris: list[str], newer_than: int | None = None) -> list[float]:
         # newer_than is moot: the cycle's valid window is newer than any model's training
-        if model_uris[0] != challenger:
-            raise RuntimeError(
-                f"the challenger alias moved to {model_uris[0]} during this retrain (it registered "
-                f"{challenger}): promote by hand with `kedro run --pipelines=promote`"
-            )
         results = []
         for uri in model_uris:
             if uri not in scored:
