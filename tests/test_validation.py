@@ -116,6 +116,23 @@ def test_catalogue_rule_quarantines_the_bad_line(rule, raw_release):
     assert len(outcome.clean) + outcome.quarantine["source_row"].nunique() == len(items)
 
 
+@pytest.mark.parametrize("item_id", ["\uff13", "9" * 20])  # a full-width 3; past int64
+def test_an_id_is_ascii_digits_that_fit_int64(item_id, raw_release, catalogue):
+    items = raw_release["items"].iloc[:100].copy()
+    items.loc[100] = ["A new item", item_id]
+    items.attrs["source"] = "items.txt.gz"
+    outcome = validation.validate_catalogue(items, LIMITS)
+    assert outcome.quarantine["source_row"].tolist() == [100]
+    assert outcome.quarantine["rules"].item() == "item_id.integer"
+    assert outcome.clean["item_id"].tolist() == items["item_id"].iloc[:100].astype(int).tolist()
+
+    frame = _with_bad_row(raw_release["valid"], lambda r: {"item_id": item_id})
+    outcome = validation.validate_release_rows(frame, catalogue, LIMITS)
+    assert outcome.quarantine["source_row"].tolist() == [GOOD_ROWS]
+    assert "item_id.integer" in outcome.quarantine["rules"].item().split(";")
+    assert len(outcome.clean) == GOOD_ROWS
+
+
 def test_event_log_rules(catalogue):
     log = pd.DataFrame(
         {

@@ -46,7 +46,9 @@ CATALOGUE_COLUMNS = ["title", "item_id"]
 EVENT_LOG_COLUMNS = ["user_id", "item_id", "timestamp"]
 QUARANTINE_COLUMNS = ["source_file", "source_row", "source_line", "rules", "columns"]
 
-_INTEGER = r"^\s*\d+\s*$"
+# ASCII digits only (``\d`` also matches "２" and every other Unicode digit, which int()
+# accepts), at most 18 of them: every id and timestamp that passes fits an int64
+_INTEGER = r"^\s*[0-9]{1,18}\s*$"
 _NON_BLANK = r"\S"
 
 
