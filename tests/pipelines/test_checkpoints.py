@@ -4,6 +4,7 @@ samples training chooses on and evaluation reports on (``pipelines/samples.py``)
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 import torch
 
 from rere_pipeline.pipelines import checkpoints, samples
@@ -26,6 +27,9 @@ def test_a_run_resumes_its_own_checkpoints_but_not_those_of_other_starting_weigh
     _checkpoint(folder, 2)
     assert checkpoints.prepare(folder, stamp).endswith("checkpoint-2")  # the same run: resume
     assert checkpoints.prepare(folder, stamp, resume=False) is None
+    # a fresh start clears the old steps: killed at step 1, the next resume takes that, not 2
+    _checkpoint(folder, 1)
+    assert checkpoints.prepare(folder, stamp).endswith("checkpoint-1")
 
     with torch.no_grad():  # the model it starts from was re-trained in between
         model.weight[0, 0] += 1e-3
@@ -37,6 +41,18 @@ def test_a_run_resumes_its_own_checkpoints_but_not_those_of_other_starting_weigh
     # watching or keeping the run differently is the same run: it still resumes
     for key, value in (("progress", False), ("logging_steps", 1), ("save_steps", 7)):
         assert changed == checkpoints.fingerprint({**params, key: value}, prompts, model)
+
+
+def test_a_directory_that_holds_no_checkpoints_is_refused_not_deleted(tmp_path):
+    model_dir = tmp_path / "sft"  # output_dir pointed at a model by mistake
+    model_dir.mkdir()
+    (model_dir / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(ValueError, match="sft is not empty and holds no fingerprint.txt"):
+        checkpoints.prepare(model_dir, "stamp")
+    assert (model_dir / "model.safetensors").read_bytes() == b"weights"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert checkpoints.prepare(empty, "stamp") is None  # an empty directory is fine
 
 
 def test_a_run_stopped_while_saving_resumes_from_the_save_before(tmp_path):

@@ -47,6 +47,8 @@ def fingerprint(params: dict, prompts: pd.DataFrame, start: torch.nn.Module) -> 
 
 # The file a trainer writes last into a checkpoint folder: without it the save was cut short.
 TRAINER_STATE = "trainer_state.json"
+# The run's fingerprint, written first: it marks a directory as checkpoints ``prepare`` may clear.
+STAMP_FILE = "fingerprint.txt"
 
 
 def prepare(
@@ -57,10 +59,21 @@ def prepare(
 
     That is the newest ``checkpoint-N`` holding the trainer's state and the ``required`` files
     (what the run's callbacks add when it saves). Newer folders without them, left by a run
-    stopped while it saved, are removed, so the run resumes from the last complete save."""
-    stamp_file = output_dir / "fingerprint.txt"
-    if output_dir.exists() and (not stamp_file.exists() or stamp_file.read_text() != stamp):
-        log.info("checkpoints in %s are from another configuration: starting afresh", output_dir)
+    stopped while it saved, are removed, so the run resumes from the last complete save.
+    Otherwise the run starts afresh, with the old checkpoints removed (so that a later resume
+    cannot pick up a step of an older run). A non-empty directory without the stamp file is
+    not a checkpoint directory (``output_dir`` pointed at a model, say) and is refused, never
+    deleted."""
+    stamp_file = output_dir / STAMP_FILE
+    if output_dir.exists() and not stamp_file.exists() and any(output_dir.iterdir()):
+        raise ValueError(
+            f"{output_dir} is not empty and holds no {STAMP_FILE}: it is not a checkpoint "
+            "directory of a training run, and starting afresh would delete it. Set output_dir "
+            "to a new or empty directory"
+        )
+    if stamp_file.exists() and (not resume or stamp_file.read_text() != stamp):
+        reason = "resume is false" if not resume else "another configuration"
+        log.info("checkpoints in %s (%s): starting afresh", output_dir, reason)
         shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     stamp_file.write_text(stamp)
