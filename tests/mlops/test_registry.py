@@ -20,9 +20,8 @@ from rere_pipeline.mlops import registry, serving
 NAME = "rere-recommender"
 
 
-def register(
-    tiny_backbone, small_catalogue, template, score: float, rows: str = "rows-a", **tags
-) -> str:
+def log_version(tiny_backbone, small_catalogue, template) -> str:
+    """A new registered version of the recommender, with no tags and no alias."""
     with mlflow.start_run():
         info = serving.log_recommender(
             tiny_backbone,
@@ -33,7 +32,13 @@ def register(
             k=3,
             registered_model_name=NAME,
         )
-    version = str(info.registered_model_version)
+    return str(info.registered_model_version)
+
+
+def register(
+    tiny_backbone, small_catalogue, template, score: float, rows: str = "rows-a", **tags
+) -> str:
+    version = log_version(tiny_backbone, small_catalogue, template)
     registry.set_challenger(NAME, version, {"valid_ndcg_at_10": score, "valid_rows": rows, **tags})
     return version
 
@@ -175,17 +180,7 @@ def test_a_champion_without_score_tags_is_compared_when_no_tag_is_needed(
     mlflow_store, tiny_backbone, small_catalogue, template
 ):
     client = mlflow.MlflowClient()
-    with mlflow.start_run():  # a champion registered by hand, without the score tags
-        info = serving.log_recommender(
-            tiny_backbone,
-            small_catalogue,
-            template,
-            num_beams=5,
-            batch_size=8,
-            k=3,
-            registered_model_name=NAME,
-        )
-    bare = str(info.registered_model_version)
+    bare = log_version(tiny_backbone, small_catalogue, template)  # registered by hand, no scores
     client.set_model_version_tag(NAME, bare, "valid_rows", "rows-a")  # the challengers' rows
     client.set_registered_model_alias(NAME, "champion", bare)
     tags = {registry.COMPARED_WITH: bare, registry.COMPARED_SCORE: "0.15"}
