@@ -76,7 +76,8 @@ def test_release_rule_quarantines_the_bad_row(rule, raw_release, catalogue):
     assert len(outcome.quarantine) == 1, "the rejected row is kept, not dropped"
     row = outcome.quarantine.iloc[0]
     assert row["source_file"] == "data/01_raw/amazon-industrial/valid.csv.gz"
-    assert row["source_row"] == GOOD_ROWS and row["source_line"] == GOOD_ROWS + 2
+    assert row["source_row"] == GOOD_ROWS
+    assert pd.isna(row["source_line"]), "a frame built in memory has no lines to point at"
     assert rule in row["rules"].split(";")
     assert outcome.rule_counts[rule]["rows"] == 1
     assert not outcome.fatal  # within max_bad_fraction
@@ -109,11 +110,36 @@ def test_catalogue_rule_quarantines_the_bad_line(rule, raw_release):
     outcome = validation.validate_catalogue(items, LIMITS)
     quarantined = outcome.quarantine[outcome.quarantine["rules"].str.contains(rule, regex=False)]
     assert 100 in quarantined["source_row"].tolist()
-    assert (
-        quarantined.loc[quarantined["source_row"] == 100, "source_line"].item() == 101
-    )  # no header line
     assert 100 not in outcome.clean.index  # clean keeps the file's row numbers
     assert len(outcome.clean) + outcome.quarantine["source_row"].nunique() == len(items)
+
+
+def test_source_line_is_where_the_row_starts_in_the_file(tmp_path, raw_release, catalogue):
+    """Blank and whitespace-only lines (which pandas skips) and a quoted cell spanning lines
+    come before the bad rows: ``source_line`` still names the line each starts on."""
+    assert raw_release["test"].attrs["lines"] == list(range(2, len(raw_release["test"]) + 2))
+    assert raw_release["items"].attrs["lines"] == list(range(1, len(raw_release["items"]) + 1))
+
+    good = raw_release["valid"].iloc[:3]
+    spanning = _with_bad_row(good, lambda r: {"item_title": "A title\nover two lines"})
+    late = _with_bad_row(good, lambda r: {"rating": "7.0"}).iloc[[-1]]
+    text = spanning.to_csv(index=False) + "\n   \n" + late.to_csv(index=False, header=False)
+    path = tmp_path / "valid.csv"
+    path.write_text(text)
+    from rere_pipeline.datasets import SourceCSVDataset
+
+    raw = SourceCSVDataset(
+        filepath=str(path), load_args={"dtype": str, "keep_default_na": False}
+    ).load()
+    outcome = validation.validate_release_rows(raw, catalogue, LIMITS)
+
+    lines = text.splitlines()
+    assert outcome.quarantine["source_row"].tolist() == [3, 4]
+    assert outcome.quarantine["source_line"].tolist() == [5, 9]  # 1-based; header on line 1
+    assert lines[5 - 1].startswith(spanning["user_id"].iloc[3] + ",")
+    assert lines[5].startswith("over two lines")  # the row's second line
+    assert lines[9 - 1].startswith(late["user_id"].iloc[0] + ",")
+    assert outcome.quarantine["rules"].tolist() == ["item_title.matches_catalogue", "rating.range"]
 
 
 @pytest.mark.parametrize("item_id", ["\uff13", "9" * 20])  # a full-width 3; past int64

@@ -1,26 +1,74 @@
 """Kedro datasets of this project.
 
 * ``SourceCSVDataset`` is ``pandas.CSVDataset`` that remembers which file a frame came from
-(``frame.attrs["source"]``), so that validation errors and quarantined rows name the file,
-and that turns an unreadable file into an error naming it and the rule it broke.
+(``frame.attrs["source"]``) and the line each row starts on (``frame.attrs["lines"]``), so
+that validation errors and quarantined rows name the file and line, and that turns an
+unreadable file into an error naming it and the rule it broke.
 * ``HFModelDataset`` is a Hugging Face model directory (a causal LM and its tokenizer).
 * ``PeftAdapterDataset`` is a PEFT LoRA adapter directory (or a note that there is none).
 """
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets.pandas import CSVDataset
 
 from rere_pipeline.hooks import RunInterrupted
 
+# the pandas.read_csv arguments that csv_record_lines follows; with any other (skiprows,
+# comment, ...) the lines are not worked out
+_LINE_AWARE_ARGS = {"sep", "header", "names", "quoting", "dtype", "keep_default_na", "encoding"}
+
+
+def csv_record_lines(
+    path: str | Path, frame: pd.DataFrame, *, read_args: dict[str, Any] | None = None
+) -> list[int] | None:
+    """The 1-based line of ``path`` on which each row of ``frame`` (read from it by
+    ``pandas.read_csv(path, **read_args)``) starts, or None if that cannot be told for sure.
+
+    pandas skips blank and whitespace-only lines, and a quoted cell may span lines, so the
+    row number plus the header is not the line. The file is read again with ``csv``, skipping
+    what pandas skips; the answer is kept only if every row's first cell matches the frame.
+    """
+    args = dict(read_args or {})
+    header_arg = args.get("header", "infer")  # pandas: "infer" is line 0 unless names are given
+    if set(args) - _LINE_AWARE_ARGS or header_arg not in ("infer", 0, None):
+        return None
+    header = header_arg == 0 or (header_arg == "infer" and "names" not in args)
+    dialect = {"delimiter": args.get("sep", ","), "quoting": args.get("quoting", csv.QUOTE_MINIMAL)}
+    starts, first_cells, end = [], [], 0
+    try:
+        with fsspec.open(
+            str(path), "rt", compression="infer", encoding=args.get("encoding", "utf-8"), newline=""
+        ) as text:
+            reader = csv.reader(text, **dialect)
+            for row in reader:
+                start, end = end + 1, reader.line_num
+                if not row or (len(row) == 1 and row[0] and not row[0].strip(" \t")):
+                    continue  # a blank line: pandas skips it
+                if header:
+                    header = False
+                    continue
+                starts.append(start)
+                first_cells.append(row[0])
+    except (csv.Error, UnicodeDecodeError):  # pandas read it; csv cannot (a huge cell, ...)
+        return None
+    if len(starts) != len(frame) or (
+        len(frame.columns) and first_cells != frame.iloc[:, 0].astype(str).tolist()
+    ):
+        return None
+    return starts
+
 
 class SourceCSVDataset(CSVDataset):
-    """A CSV dataset whose loaded frame carries its source path in ``attrs["source"]``."""
+    """A CSV dataset whose loaded frame carries its source path in ``attrs["source"]`` and the
+    line each row starts on in ``attrs["lines"]`` (None where that cannot be told)."""
 
     def __init__(self, *, filepath: str, **kwargs: Any) -> None:
         super().__init__(filepath=filepath, **kwargs)
@@ -37,6 +85,11 @@ class SourceCSVDataset(CSVDataset):
                 f"{type(exc).__name__}: {exc}"
             ) from exc
         frame.attrs["source"] = self._source
+        frame.attrs["lines"] = (
+            csv_record_lines(self._get_load_path(), frame, read_args=self._load_args)
+            if self._protocol == "file"
+            else None
+        )
         return frame
 
 

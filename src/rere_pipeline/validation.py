@@ -470,6 +470,13 @@ def _empty_quarantine(raw: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(columns=[*QUARANTINE_COLUMNS, *raw.columns])
 
 
+def _line(raw: pd.DataFrame, row: int) -> int | None:
+    """The 1-based line of the file on which data row ``row`` starts, as its reader recorded
+    in ``attrs["lines"]``; None for a frame read from no lines (Parquet, built in memory)."""
+    lines = raw.attrs.get("lines")
+    return lines[row] if lines is not None and len(lines) == len(raw) else None
+
+
 def quarantine_rows(
     raw: pd.DataFrame, bad: list[int], broken: dict[int, list[Rule]], source: str
 ) -> pd.DataFrame:
@@ -478,7 +485,7 @@ def quarantine_rows(
     rows = raw.loc[bad].copy()
     rows.insert(0, "columns", [";".join(dict.fromkeys(r.column for r in broken[i])) for i in bad])
     rows.insert(0, "rules", [";".join(r.name for r in broken[i]) for i in bad])
-    rows.insert(0, "source_line", [i + 2 for i in bad])  # 1-based line in a file with a header
+    rows.insert(0, "source_line", pd.array([_line(raw, i) for i in bad], dtype="Int64"))
     rows.insert(0, "source_row", bad)  # 0-based data row
     rows.insert(0, "source_file", source)
     return rows.reset_index(drop=True)
@@ -497,9 +504,6 @@ def validate_catalogue(raw: pd.DataFrame, limits: Limits) -> FileValidation:
         helpers=lambda frame: pd.DataFrame({"_item_id": _integers(frame["item_id"])}),
         limits=limits,
     )
-    outcome.quarantine = outcome.quarantine.assign(
-        source_line=outcome.quarantine["source_row"] + 1
-    )  # no header
     if outcome.fatal:
         return outcome
     clean = outcome.clean

@@ -82,6 +82,24 @@ def test_bad_rows_are_quarantined_and_a_fatal_file_stops_everything(tmp_path):
         retrain.validate_new_files(_new(drop / "b.csv"), CATALOGUE, limits, quarantine_dir)
 
 
+def test_a_quarantined_row_names_its_line_past_blank_lines(tmp_path):
+    drop = tmp_path / "new_logs"
+    drop.mkdir()
+    header = "user_id,item_id,timestamp"
+    (drop / "d.csv").write_text(f"{header}\nu,1,{T0}\n\n\nu,77,{T0 + 1}\n  \nu,2,{T0 + 2}\n")
+    limits = validation.Limits.from_params({"max_bad_fraction": 0.5})
+    batch = retrain.validate_new_files(_new(drop / "d.csv"), CATALOGUE, limits, tmp_path / "q")
+    [quarantine] = batch.quarantine.values()
+    assert quarantine["source_row"].tolist() == [1] and quarantine["source_line"].tolist() == [5]
+    assert batch.new_events == 2
+
+    # a cell past the csv module's field limit: pandas reads it, the line is left unknown
+    (drop / "e.csv").write_text(f"{header}\n{'u' * 200_000},1,{T0}\nu,77,{T0}\n")
+    batch = retrain.validate_new_files(_new(drop / "e.csv"), CATALOGUE, limits, tmp_path / "q")
+    [quarantine] = batch.quarantine.values()
+    assert quarantine["source_row"].tolist() == [1] and quarantine["source_line"].isna().all()
+
+
 def test_a_fatal_file_still_leaves_its_bad_rows_in_the_quarantine(tmp_path):
     drop, quarantine_dir = tmp_path / "new_logs", tmp_path / "quarantine"
     drop.mkdir()
@@ -161,6 +179,7 @@ def test_a_parquet_integer_column_stored_as_float_for_its_nulls_reads_as_integer
     )
     [quarantine] = batch.quarantine.values()
     assert quarantine["source_row"].tolist() == [1] and batch.new_events == 2
+    assert quarantine["source_line"].isna().all()  # a Parquet file has no lines to point at
 
 
 def test_a_catalogue_drop_cannot_retitle_a_known_item(tmp_path):

@@ -28,6 +28,7 @@ import filelock
 import pandas as pd
 
 from rere_pipeline import validation
+from rere_pipeline.datasets import csv_record_lines
 from rere_pipeline.hooks import RunInterrupted
 from rere_pipeline.recsys import sequences
 
@@ -68,6 +69,9 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+_CSV_ARGS = {"dtype": str, "keep_default_na": False}
+
+
 def read_log(path: Path) -> pd.DataFrame:
     """A dropped file with every cell as text (validation checks the types), its source named."""
     try:
@@ -75,8 +79,10 @@ def read_log(path: Path) -> pd.DataFrame:
             frame = pd.read_parquet(path).apply(_whole_floats_as_integers)
             # a null cell becomes "" as in a CSV (not NaN, which the text rules skip)
             frame = frame.astype(object).where(frame.notna(), "").astype(str)
+            lines = None  # no lines to point at
         else:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            frame = pd.read_csv(path, **_CSV_ARGS)
+            lines = csv_record_lines(path, frame, read_args=_CSV_ARGS)
     except RunInterrupted:
         raise
     except Exception as exc:  # pandas and pyarrow raise many types for a corrupt file
@@ -84,6 +90,7 @@ def read_log(path: Path) -> pd.DataFrame:
             f"{path}: file is unreadable (rule: readable_file): {type(exc).__name__}: {exc}"
         ) from exc
     frame.attrs["source"] = str(path)
+    frame.attrs["lines"] = lines
     return frame
 
 
@@ -224,9 +231,6 @@ def validate_new_files(
             outcome = validation.validate_catalogue(raw, limits)
             if not outcome.fatal:
                 _quarantine_retitled(outcome, raw, known)
-            outcome.quarantine = outcome.quarantine.assign(
-                source_line=outcome.quarantine["source_row"] + 2  # these files have a header
-            )
             additions = outcome.clean
             if not outcome.fatal and len(additions):
                 batch.items[name] = additions
