@@ -20,6 +20,7 @@ from rere_pipeline.pipelines.rere.nodes import check_params
         ({"rewards": {"rule": 1.0, "clicks": 1.0}}, "unknown reward"),
         ({"rewards": {"rule": 0}}, "at least one reward"),
         ({"keep_best_confidence": 1.0}, r"keep_best_confidence must be in \[0, 1\)"),
+        ({"num_iterations": 0}, "rere.num_iterations must be at least 1"),
     ],
 )
 def test_an_unknown_choice_is_refused_by_name(overrides, message):

@@ -11,7 +11,12 @@ import torch
 from datasets import Dataset
 
 from rere_pipeline.pipelines.checkpoints import TRAINER_STATE
-from rere_pipeline.pipelines.rere.nodes import informative_rows, rl_rows, training_rows
+from rere_pipeline.pipelines.rere.nodes import (
+    informative_rows,
+    rl_rows,
+    rows_needed,
+    training_rows,
+)
 from rere_pipeline.recsys import rere, rewards
 from rere_pipeline.recsys.decoding import Group, constrained_beam_search
 from rere_pipeline.recsys.recommend import CatalogueRecommender
@@ -173,6 +178,17 @@ def test_dynamic_group_keeps_target_copies_and_fills_with_frequent_negatives():
     assert got.scores == sorted(got.scores, reverse=True)
     # no target drawn: the three distinct negatives, best first
     assert rere.dynamic_group(drawn, target_item=1, size=3).items == [5, 7, 9]
+    # too few distinct negatives: they are cycled through, most frequent first
+    assert sorted(rere.dynamic_group(drawn, target_item=9, size=6).items) == [5, 5, 7, 7, 7, 9]
+
+
+def test_a_dynamic_group_always_keeps_a_drawn_negative():
+    # the target (0) drawn more often than the group holds: a group of copies alone would have
+    # no reward spread, so the one negative drawn keeps its slot
+    drawn = Group([0] * 5 + [1], [-1.0] * 5 + [-4.0], [[0]] * 5 + [[1]])
+    assert rere.dynamic_group(drawn, target_item=0, size=4).items == [0, 0, 0, 1]
+    only_target = Group([0] * 5, [-1.0] * 5, [[0]] * 5)
+    assert rere.dynamic_group(only_target, target_item=0, size=4).items == [0] * 4
 
 
 def test_a_few_rl_steps_change_the_policy_and_log_the_metrics(
@@ -501,6 +517,54 @@ def test_objectives_and_reference_sync_reach_trls_config(tmp_path):
     assert (args.num_generations, args.per_device_train_batch_size, args.beta) == (G, 2 * G, 1e-3)
     with pytest.raises(ValueError, match="objective"):
         config(objective="ppo")
+
+
+def test_gspo_has_grpos_gradient_on_policy_and_its_own_from_the_second_pass(
+    recommender, tiny_backbone, dataset, tmp_path
+):
+    def trained(objective, passes):
+        # one step on the first groups; with two passes a second step on the same groups
+        trainer = _trainer(
+            recommender,
+            tiny_backbone,
+            dataset,
+            tmp_path / f"{objective}{passes}",
+            objective=objective,
+            num_iterations=passes,
+            max_steps=passes,
+            eval_steps=100,
+        )
+        trainer.train()
+        return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+
+    start = torch.cat([p.detach().flatten() for p in tiny_backbone.model.parameters()])
+    for passes in (1, 2):
+        grpo, gspo = trained("grpo", passes), trained("gspo", passes)
+        moved, apart = float((grpo - start).norm()), float((gspo - grpo).norm())
+        assert moved > 0
+        if passes == 1:  # every importance ratio is 1: the same update up to float error
+            assert apart < 1e-4 * moved, (passes, apart, moved)
+        else:  # the second step reuses the first step's groups: the ratios differ from 1
+            assert apart > 1e-2 * moved, (passes, apart, moved)
+    with pytest.raises(ValueError, match="num_iterations must be at least 1"):
+        rere.grpo_config({**PARAMS, "num_iterations": 0}, str(tmp_path), 16, use_cuda=False)
+    # the informative-row search looks for the prompts the run consumes: each batch serves
+    # num_iterations steps
+    budget = {"prompts_per_step": 8, "gradient_accumulation_steps": 2, "max_steps": 101}
+    assert rows_needed(budget) == 101 * 16
+    assert rows_needed({**budget, "num_iterations": 2}) == 51 * 16
+    assert rows_needed({**budget, "max_steps": -1}) is None
+
+
+def test_beams_are_scored_at_temperature_one(tmp_path):
+    def config(**params):
+        return rere.grpo_config({**PARAMS, **params}, str(tmp_path), 16, use_cuda=False)
+
+    assert config(temperature=0.7).temperature == 1.0  # beams are decoded at 1
+    assert config(temperature=0.7, sampling="sample").temperature == 0.7
+    assert (config().epsilon, config().epsilon_high) == (0.2, None)  # TRL: high = low when None
+    gspo = config(objective="gspo", epsilon=3e-4, epsilon_high=4e-4)
+    assert (gspo.epsilon, gspo.epsilon_high) == (3e-4, 4e-4)
 
 
 def test_dapo_with_reference_sync_trains_and_moves_the_reference(

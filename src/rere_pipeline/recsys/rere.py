@@ -87,13 +87,16 @@ def keep_best_confidence(params: dict) -> float:
 
 
 def dynamic_group(drawn: Group, target_item: int | None, size: int) -> Group:
-    """Keep every sampled copy of the target, fill up to ``size`` with the most frequent
-    distinct negatives (repeating the most frequent when too few are distinct); likelihood order."""
+    """Keep the sampled copies of the target, fill up to ``size`` with the distinct negatives,
+    most frequent first (cycling through them again when too few are distinct); likelihood
+    order. When a negative was drawn, one slot is always left for it: a group of target copies
+    alone has no reward spread, so it would teach nothing."""
     score = dict(zip(drawn.items, drawn.scores, strict=True))
     completion = dict(zip(drawn.items, drawn.completions, strict=True))
     counts = Counter(drawn.items)
-    keep = [target_item] * counts.get(target_item, 0)
     negatives = [item for item, _ in counts.most_common() if item != target_item]
+    copies = counts.get(target_item, 0)
+    keep = [target_item] * (min(copies, size - 1) if negatives else copies)
     fill = negatives or [target_item]
     while len(keep) < size:
         keep += fill[: size - len(keep)]
@@ -526,6 +529,14 @@ class ValidNDCGCallback(TrainerCallback):
         return gap["low"] > 1.0
 
 
+def num_iterations(params: dict) -> int:
+    """``rere.num_iterations`` (default 1): optimiser steps on each generated batch."""
+    passes = int(params.get("num_iterations", 1))
+    if passes < 1:
+        raise ValueError(f"rere.num_iterations must be at least 1, got {passes}")
+    return passes
+
+
 def grpo_config(params: dict, output_dir: str, max_completion_length: int, use_cuda: bool):
     """TRL ``GRPOConfig`` from ``parameters_rere.yml``."""
     from trl import GRPOConfig
@@ -535,11 +546,16 @@ def grpo_config(params: dict, output_dir: str, max_completion_length: int, use_c
     loss_type, level = OBJECTIVES[objective]
     size = int(params["num_generations"])
     sync = params.get("sync_ref_model", {}) or {}
+    sampling = params.get("sampling", "beam")
     return GRPOConfig(
         output_dir=output_dir,
         num_generations=size,
         per_device_train_batch_size=size * int(params["prompts_per_step"]),
         gradient_accumulation_steps=int(params.get("gradient_accumulation_steps", 1)),
+        # passes over each generated batch (the GRPO paper's mu). At 1 the policy is the one
+        # that drew the group, so every importance ratio is 1: the clip never acts and GSPO's
+        # sequence-level ratio has GRPO's gradient; they differ only from the second pass on
+        num_iterations=num_iterations(params),
         num_train_epochs=float(params.get("epochs", 1)),
         max_steps=int(params.get("max_steps", -1)),
         learning_rate=float(params["learning_rate"]),
@@ -549,8 +565,10 @@ def grpo_config(params: dict, output_dir: str, max_completion_length: int, use_c
         loss_type=loss_type,
         importance_sampling_level=level,
         epsilon=float(params.get("epsilon", 0.2)),
+        epsilon_high=None if params.get("epsilon_high") is None else float(params["epsilon_high"]),
         scale_rewards=params.get("scale_rewards", "group"),
-        temperature=float(params.get("temperature", 1.0)),
+        # TRL scores completions at this temperature; beams are decoded at 1
+        temperature=float(params.get("temperature", 1.0)) if sampling != "beam" else 1.0,
         max_completion_length=max_completion_length,
         sync_ref_model=bool(sync.get("enabled", False)),
         ref_model_sync_steps=int(sync.get("steps", 64)),

@@ -39,13 +39,14 @@ CHOICES = {
 
 
 def check_params(params: dict) -> None:
-    """Refuse an unknown choice (``CHOICES``), reward or ``keep_best_confidence`` outside
-    [0, 1) before anything is decoded or trained: the ablation checks every arm before it
-    trains the first."""
+    """Refuse an unknown choice (``CHOICES``), reward, ``keep_best_confidence`` outside
+    [0, 1) or ``num_iterations`` below 1 before anything is decoded or trained: the ablation
+    checks every arm before it trains the first."""
     for key, options in CHOICES.items():
         rere.check_choice(key, params.get(key, options[0]), options)
     rewards.check_weights(reward_weights(params))
     rere.keep_best_confidence(params)
+    rere.num_iterations(params)
 
 
 def reward_weights(params: dict) -> dict[str, float]:
@@ -87,11 +88,12 @@ def rl_rows(prompts_train: pd.DataFrame, train: pd.DataFrame, params: dict) -> p
 
 
 def rows_needed(params: dict) -> int | None:
-    """Prompts the RL run consumes (``max_steps`` x prompts per optimiser step); ``None`` when
-    ``max_steps`` is not set (the run goes by epochs over every row)."""
+    """Prompts the RL run consumes (``max_steps`` x prompts per optimiser step, each batch used
+    for ``num_iterations`` steps); ``None`` when ``max_steps`` is not set (the run goes by
+    epochs over every row)."""
     steps = int(params.get("max_steps", -1))
     per_step = int(params["prompts_per_step"]) * int(params.get("gradient_accumulation_steps", 1))
-    return steps * per_step if steps > 0 else None
+    return -(-steps // rere.num_iterations(params)) * per_step if steps > 0 else None
 
 
 def informative_rows(
