@@ -1,8 +1,14 @@
-"""Run environments: what `--env=gpu` changes about where models live."""
+"""Run environments: what `--env=gpu` changes about where models live, and the parameter
+checks every environment passes before anything runs."""
 
 from __future__ import annotations
 
+import copy
+
+import pytest
+
 from helpers import project_config
+from rere_pipeline.pipelines.samples import check_samples_apart
 
 MODEL_DATASET = "rere_pipeline.datasets.HFModelDataset"
 
@@ -16,3 +22,18 @@ def test_the_gpu_environment_loads_every_model_onto_the_gpu():
         assert gpu[name]["load_args"]["device"] == "cuda", name
         assert gpu[name]["path"] == base[name]["path"], name  # the same files
     assert project_config("gpu")["parameters"]["backbone"]["load_args"]["device"] == "cuda"
+
+
+@pytest.mark.parametrize("env", ["base", "test", "gpu", "design_space"])
+def test_reported_valid_rows_stay_apart_from_the_rows_training_chooses_on(env):
+    params = project_config(env)["parameters"]
+    check_samples_apart(params)  # every committed environment passes
+
+    for path in (("evaluate", "max_rows", "valid"), ("baselines", "sasrec", "valid_rows")):
+        whole = copy.deepcopy(params)
+        node = whole
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = None  # null: the whole split, the other sample's rows included
+        with pytest.raises(ValueError, match=rf"^{'.'.join(path)}: null means the whole valid"):
+            check_samples_apart(whole)

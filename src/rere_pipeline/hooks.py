@@ -105,9 +105,11 @@ class ParameterCheckHook:
 
     @hook_impl
     def after_context_created(self, context) -> None:
+        from rere_pipeline.pipelines.samples import check_samples_apart
         from rere_pipeline.recsys.metrics import check_ranking_depth
 
         check_ranking_depth(context.params)
+        check_samples_apart(context.params)
 
 
 class StageRunsHook:

@@ -44,3 +44,39 @@ def rows_limit(max_rows, split: str) -> int | None:
     if isinstance(max_rows, dict):
         max_rows = max_rows.get(split)
     return int(max_rows) if max_rows else None
+
+
+# the parameters naming how many valid rows training chooses on (``selection_sample``); a
+# path that is not set is not checked (tuning without a budget override uses rere.valid_rows)
+CHOOSERS = (
+    ("baselines", "sasrec", "valid_rows"),
+    ("sft", "valid_rows"),
+    ("rere", "valid_rows"),
+    ("tune", "budget", "valid_rows"),
+)
+
+
+def check_samples_apart(params: dict) -> None:
+    """Refuse parameters under which the valid rows evaluation reports (and promotion
+    compares) would include rows training chose on: ``evaluate.max_rows.valid`` or a chooser
+    (``CHOOSERS``) set to null or 0, which means the whole split."""
+    if not params.get("evaluate"):
+        return  # nothing reported
+    chosen = {}
+    for path in CHOOSERS:
+        node = params
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and path[-1] in node:
+            chosen[".".join(path)] = node[path[-1]]
+    whole = [name for name, n in chosen.items() if not n]
+    if rows_limit(params["evaluate"].get("max_rows"), "valid") is None:
+        whole.insert(0, "evaluate.max_rows.valid")
+    if whole and chosen:
+        sizes = ", ".join(f"{name}: {n or 'null'}" for name, n in chosen.items())
+        raise ValueError(
+            f"{', '.join(whole)}: null means the whole valid split, so the valid rows "
+            "evaluation reports, which promotion compares, would include rows training chooses "
+            f"on ({sizes}). Set each to a number of rows: the two samples come from opposite "
+            "ends of one permutation, so they stay apart while they fit in the split together"
+        )
