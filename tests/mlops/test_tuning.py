@@ -44,6 +44,21 @@ def test_a_trial_below_the_median_is_pruned(tmp_path):
         report(1, {"valid_ndcg_at_10": 0.1}, False)  # best so far 0.1 < median 0.55 at step 1
 
 
+def test_the_starting_score_does_not_shield_a_falling_trial(tmp_path):
+    study = tuning.open_study(f"sqlite:///{tmp_path}/s0.db", "start", n_startup_trials=2)
+    for value in (0.5, 0.6):  # finished trials: the SFT model's 0.55 at step 0, then higher
+        trial = study.ask()
+        trial.report(0.55, 0)
+        trial.report(value, 1)
+        study.tell(trial, value)
+    trial = study.ask()
+    report = tuning.pruning_reporter(trial)
+    report(0, {"valid_ndcg_at_10": 0.55}, False)  # the same starting model as every trial
+    with pytest.raises(optuna.TrialPruned):  # the median pruner compares the best value so far
+        report(1, {"valid_ndcg_at_10": 0.1}, False)
+    assert study.trials[-1].intermediate_values == {1: 0.1}  # step 0 left out
+
+
 def test_a_trial_at_its_final_step_is_scored_not_pruned(tmp_path):
     study = tuning.open_study(f"sqlite:///{tmp_path}/f.db", "final", n_startup_trials=2)
     for value in (0.5, 0.6):

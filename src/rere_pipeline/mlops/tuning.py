@@ -79,9 +79,13 @@ def pruning_reporter(trial: optuna.Trial, metric: str = "valid_ndcg_at_10") -> C
 
     Only an intermediate score can prune: at the ``last`` scoring the budget is spent, and the
     score is the trial's objective, which the study keeps even when it is below the median.
+    Step 0 (the starting model, the same in every trial) is not reported: the median pruner
+    compares a trial's *best* score so far, so it would shield a trial that falls below it.
     """
 
     def report(step: int, metrics: dict[str, float], last: bool) -> None:
+        if step == 0 and not last:
+            return
         trial.report(metrics[metric], step)
         if not last and trial.should_prune():
             log.info(
