@@ -76,6 +76,29 @@ def test_a_trial_at_its_final_step_is_scored_not_pruned(tmp_path):
         intermediate(2, {"valid_ndcg_at_10": 0.1}, False)
 
 
+def test_a_study_run_with_another_setup_is_not_joined(tmp_path):
+    storage = f"sqlite:///{tmp_path}/not/yet/there/o.db"  # the folder is made
+    setup = {"search_space": SPACE, "rere": {"max_steps": 100}, "sft_weights": "abc"}
+    study = tuning.open_study(storage, "s", setup=setup)
+    study.tell(study.ask(), 0.5)
+    tuning.open_study(storage, "s", setup=setup)  # the same setup: joined
+    tuning.open_study(storage, "s")  # no setup given: not checked
+    wider = {**setup, "search_space": {**SPACE, "rewards": {"semantic": {"low": 0, "high": 1}}}}
+    with pytest.raises(
+        ValueError, match=r"1 trial\(s\) run with another setup \(search_space differ"
+    ):
+        tuning.open_study(storage, "s", setup=wider)
+    with pytest.raises(ValueError, match=r"rere, sft_weights differ"):
+        tuning.open_study(
+            storage, "s", setup={**setup, "rere": {"max_steps": 20}, "sft_weights": "d"}
+        )
+    # a study whose trials were run before setups were recorded cannot be vouched for
+    bare = tuning.open_study(storage, "old")
+    bare.tell(bare.ask(), 0.1)
+    with pytest.raises(ValueError, match="no setup recorded"):
+        tuning.open_study(storage, "old", setup=setup)
+
+
 WORKER = textwrap.dedent(
     """
     import sys, time

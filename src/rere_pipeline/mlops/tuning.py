@@ -7,18 +7,25 @@ with the same storage and study name share it: each asks the study for its next 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import optuna
+from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
+
+
+SETUP_ATTR = "setup"  # the study's user attribute: what its trials' scores depend on
 
 
 def open_study(
     storage: str,
     study_name: str,
     *,
+    setup: dict | None = None,
     sampler_seed: int | None = None,
     n_startup_trials: int = 3,
     pruner_warmup_steps: int = 0,
@@ -26,10 +33,17 @@ def open_study(
     """Create or join the study (TPE sampler, median pruner on intermediate valid NDCG@10).
 
     Workers sharing a study should not share a sampler seed (they would propose the same
-    first trials), so the default is unseeded.
+    first trials), so the default is unseeded. ``setup`` (search space, trial parameters,
+    starting model, ...) is recorded when the study is created; joining a study recorded with
+    another setup is refused, since its trials' scores would not be comparable.
     """
-    engine_kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {}
-    return optuna.create_study(
+    engine_kwargs = {}
+    url = make_url(storage)
+    if url.get_backend_name() == "sqlite":
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(
         storage=optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs),
         study_name=study_name,
         direction="maximize",
@@ -38,6 +52,28 @@ def open_study(
             n_startup_trials=n_startup_trials, n_warmup_steps=pruner_warmup_steps
         ),
         load_if_exists=True,
+    )
+    if setup is not None:
+        _check_setup(study, json.loads(json.dumps(setup, sort_keys=True, default=str)))
+    return study
+
+
+def _check_setup(study: optuna.Study, setup: dict) -> None:
+    known = study.user_attrs.get(SETUP_ATTR)
+    if known is None and not study.trials:
+        study.set_user_attr(SETUP_ATTR, setup)
+        return
+    if known == setup:
+        return
+    changed = (
+        sorted(k for k in setup.keys() | known.keys() if setup.get(k) != known.get(k))
+        if known is not None
+        else ["(no setup recorded with its trials)"]
+    )
+    raise ValueError(
+        f"Optuna study {study.study_name!r} holds {len(study.trials)} trial(s) run with another "
+        f"setup ({', '.join(changed)} differ): their scores are not comparable with this run's. "
+        "Set tune.study_name to a new name, or delete the study from the storage"
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import mlflow
+import optuna
 import pandas as pd
 import pytest
 
@@ -64,6 +65,14 @@ def test_tune_runs_trials_as_nested_runs_and_trains_with_the_best(cycle):
     assert "metrics.valid_ndcg_at_10" in trial_runs
     for plot in ("history", "importance"):
         assert (cycle / f"data/08_reporting/tuning/{plot}.png").stat().st_size > 5_000
+    # the study records what its trials' scores depend on: a later worker with another
+    # setup is refused (tests/mlops/test_tuning.py)
+    study = optuna.load_study(
+        study_name="rere", storage=f"sqlite:///{cycle}/data/07_model_output/optuna.db"
+    )
+    setup = study.user_attrs["setup"]
+    assert set(setup) == {"search_space", "rere", "prompts", "sft_weights"}
+    assert len(setup["sft_weights"]) == 64 and setup["rere"]["max_steps"] == 2
 
 
 def test_demo_retrain_registers_a_challenger_and_records_the_logs(cycle):

@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 
 from rere_pipeline.mlops import tuning
 from rere_pipeline.pipelines.rere.nodes import reinforce
-from rere_pipeline.recsys.backbone import Backbone
+from rere_pipeline.recsys.backbone import Backbone, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ def tune_rere(
     study = tuning.open_study(
         storage,
         params["study_name"],
+        setup=study_setup(sft_model, params, rere_params, prompt_params),
         sampler_seed=params.get("sampler_seed"),
         n_startup_trials=int(params.get("n_startup_trials", 3)),
         pruner_warmup_steps=int(params.get("pruner_warmup_steps", 0)),
@@ -120,6 +121,22 @@ def tune_rere(
         importance,
         {"tune.best_value": {"value": best.value, "step": 0}},
     )
+
+
+# run-time choices that do not change a trial's score
+_NOT_SETUP = ("output_dir", "resume", "progress", "logging_steps", "save_steps", "device")
+
+
+def study_setup(sft_model: Backbone, params: dict, rere_params: dict, prompt_params: dict) -> dict:
+    """What a trial's score depends on besides its suggested values: the search space, the
+    trial's ReRe parameters (budget included), the prompts and the starting model's weights."""
+    trial_params = {**rere_params, **(params.get("budget") or {})}
+    return {
+        "search_space": params["search_space"],
+        "rere": {k: v for k, v in trial_params.items() if k not in _NOT_SETUP},
+        "prompts": prompt_params,
+        "sft_weights": weights_digest(sft_model.model),
+    }
 
 
 def tuned_rere_params(rere_params: dict, tuned: dict) -> dict:
