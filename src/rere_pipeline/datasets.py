@@ -19,7 +19,7 @@ import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets.pandas import CSVDataset
 
-from rere_pipeline.hooks import RunInterrupted
+from rere_pipeline.interrupts import RunInterrupted
 
 # the pandas.read_csv arguments that csv_record_lines follows; with any other (skiprows,
 # comment, ...) the lines are not worked out

@@ -8,11 +8,9 @@ import threading
 
 from kedro.framework.hooks import hook_impl
 
+from rere_pipeline.interrupts import RunInterrupted
+
 log = logging.getLogger(__name__)
-
-
-class RunInterrupted(Exception):
-    """A ``kedro run`` stopped by Ctrl-C (SIGINT) or SIGTERM (see ``InterruptHook``)."""
 
 
 class InterruptHook:

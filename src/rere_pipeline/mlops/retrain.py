@@ -29,7 +29,7 @@ import pandas as pd
 
 from rere_pipeline import validation
 from rere_pipeline.datasets import csv_record_lines
-from rere_pipeline.hooks import RunInterrupted
+from rere_pipeline.interrupts import RunInterrupted
 from rere_pipeline.recsys import sequences
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,6 @@ MODEL_INPUT = [
     f"data/05_model_input/{name}.parquet"
     for name in ("train", "valid", "test", "prompts_train", "prompts_valid", "prompts_test")
 ]
-TEST_ENV = {"KEDRO_ENV": "test"}
 
 
 def _sha256(path) -> str:
@@ -36,8 +35,10 @@ def test_dvc_versions_a_lora_adapter_and_round_trips_it(tmp_path):
     run_cli(["git", "init", "-q"], cwd=project)
     remote = tmp_path / "remote"
     run_cli(["dvc", "remote", "add", "--local", "-f", "-d", "scratch", str(remote)], cwd=project)
+    run_environment = project / "conf/dvc_run.yml"
+    run_environment.write_text("kedro_env: test\n")  # every stage on the tiny test profile
 
-    run_cli(["dvc", "repro", "sft"], cwd=project, env=TEST_ENV)
+    run_cli(["dvc", "repro", "sft"], cwd=project)
     adapter = project / ADAPTER
     assert {"adapter_config.json", "adapter_model.safetensors"} <= set(_digests(adapter))
     first = _digests(adapter)
@@ -45,7 +46,7 @@ def test_dvc_versions_a_lora_adapter_and_round_trips_it(tmp_path):
     # only what changed is rebuilt: a new SFT parameter reruns sft, nothing upstream
     params = project / "conf/base/parameters_sft.yml"
     params.write_text(params.read_text().replace("weight_decay: 0.0", "weight_decay: 0.01"))
-    out = run_cli(["dvc", "repro", "sft"], cwd=project, env=TEST_ENV).stdout
+    out = run_cli(["dvc", "repro", "sft"], cwd=project).stdout
     for stage in ("data", "backbone", "prompts"):
         assert f"Stage '{stage}' didn't change, skipping" in out
     assert "Running stage 'sft'" in out
@@ -72,3 +73,11 @@ def test_dvc_versions_a_lora_adapter_and_round_trips_it(tmp_path):
     sft = load_backbone(project / "data/06_models/sft").model.state_dict()
     for key, value in merged.state_dict().items():
         torch.testing.assert_close(value, sft[key])
+
+    # back to the default profile: every stage is out of date (its test-profile outputs are
+    # not taken for the default's), through the kedro_env parameter
+    run_environment.write_text("kedro_env: local\n")
+    status = run_cli(["dvc", "status", "sft", "--with-deps"], cwd=project).stdout
+    for stage in ("data", "backbone", "prompts", "sft"):
+        assert f"{stage}:" in status, status
+    assert "kedro_env" in status, status
