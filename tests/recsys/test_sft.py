@@ -64,6 +64,18 @@ def test_sft_changes_the_model_and_logs_losses(tiny_backbone, pairs, tmp_path):
     assert any("eval_loss" in h for h in history) and any("loss" in h for h in history)
 
 
+def test_a_prompt_and_title_longer_than_max_length_is_refused(tiny_backbone, pairs, tmp_path):
+    # TRL would truncate the end, the title and its EOS, and still train on the row
+    longest = max(len(ids) for ids in pairs["input_ids"])
+    model = copy.deepcopy(tiny_backbone.model)
+    before = _weights(model)
+    with pytest.raises(
+        ValueError, match=rf"max_length is {longest - 1} tokens, .* holds {longest}"
+    ):
+        _fit(tiny_backbone, pairs, {**PARAMS, "max_length": longest - 1}, tmp_path, model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_half_precision_weights_train_in_float32_and_come_back_in_their_dtype(
     tiny_backbone, pairs, tmp_path
 ):

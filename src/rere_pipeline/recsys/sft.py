@@ -147,6 +147,15 @@ def train_sft(
     its final weights, the valid rows only observed."""
     from trl import SFTConfig, SFTTrainer
 
+    max_length = int(params.get("max_length", 1024))
+    for split, columns in (("train", train), ("valid", valid)):
+        longest = max((len(ids) for ids in columns["input_ids"]), default=0)
+        if longest > max_length:
+            raise ValueError(
+                f"sft.max_length is {max_length} tokens, but a {split} prompt with its title holds "
+                f"{longest}: TRL would cut the title's end and its EOS. Raise sft.max_length or "
+                "lower prompts.max_history"
+            )
     output_dir = Path(output_dir)
     use_cuda = runs_on_cuda(params)
     early_stopping = bool(params.get("early_stopping", True))
@@ -161,7 +170,7 @@ def train_sft(
         lr_scheduler_type=params.get("lr_scheduler_type", "cosine"),
         warmup_steps=float(params.get("warmup_ratio", 0.03)),
         weight_decay=float(params.get("weight_decay", 0.0)),
-        max_length=int(params.get("max_length", 1024)),
+        max_length=max_length,
         completion_only_loss=True,
         train_sampling_strategy="group_by_length"
         if params.get("group_by_length", True)
