@@ -4,11 +4,12 @@ checks every environment passes before anything runs."""
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 
 from helpers import project_config
-from rere_pipeline.pipelines.samples import check_samples_apart
+from rere_pipeline.pipelines.samples import CHOOSERS, check_samples_apart
 
 MODEL_DATASET = "rere_pipeline.datasets.HFModelDataset"
 
@@ -28,12 +29,20 @@ def test_the_gpu_environment_loads_every_model_onto_the_gpu():
 def test_reported_valid_rows_stay_apart_from_the_rows_training_chooses_on(env):
     params = project_config(env)["parameters"]
     check_samples_apart(params)  # every committed environment passes
-
-    for path in (("evaluate", "max_rows", "valid"), ("baselines", "sasrec", "valid_rows")):
-        whole = copy.deepcopy(params)
-        node = whole
-        for key in path[:-1]:
-            node = node[key]
-        node[path[-1]] = None  # null: the whole split, the other sample's rows included
-        with pytest.raises(ValueError, match=rf"^{'.'.join(path)}: null means the whole valid"):
-            check_samples_apart(whole)
+    chooser_paths = [("evaluate", "max_rows", "valid"), *CHOOSERS]
+    params.setdefault("tune", {}).setdefault("budget", {})["valid_rows"] = 8
+    for path in chooser_paths:
+        for how in ("null", "left out"):
+            whole = copy.deepcopy(params)
+            node = whole
+            for key in path[:-1]:
+                node = node[key]
+            if how == "null":
+                node[path[-1]] = None  # the whole split, the other sample's rows included
+            elif path in CHOOSERS and CHOOSERS[path]:
+                del node[path[-1]]  # read with .get or [] by its node: the whole split too
+            else:
+                continue
+            pattern = rf"^{re.escape('.'.join(path))}: null \(or left out\) means the whole valid"
+            with pytest.raises(ValueError, match=pattern):
+                check_samples_apart(whole)

@@ -9,6 +9,7 @@ import pytest
 
 from helpers import PROJECT
 from rere_pipeline import validation
+from rere_pipeline.datasets import SourceCSVDataset
 from rere_pipeline.mlops.retrain import KNOWN_TITLE_RULE
 
 LIMITS = validation.Limits(max_bad_fraction=1.0)  # row rules only; file-level limits tested below
@@ -117,8 +118,9 @@ def test_catalogue_rule_quarantines_the_bad_line(rule, raw_release):
 def test_source_line_is_where_the_row_starts_in_the_file(tmp_path, raw_release, catalogue):
     """Blank and whitespace-only lines (which pandas skips) and a quoted cell spanning lines
     come before the bad rows: ``source_line`` still names the line each starts on."""
-    assert raw_release["test"].attrs["lines"] == list(range(2, len(raw_release["test"]) + 2))
-    assert raw_release["items"].attrs["lines"] == list(range(1, len(raw_release["items"]) + 1))
+    test_lines, item_lines = raw_release["test"].attrs["lines"], raw_release["items"].attrs["lines"]
+    assert test_lines.tolist() == list(range(2, len(raw_release["test"]) + 2))
+    assert item_lines.tolist() == list(range(1, len(raw_release["items"]) + 1))
 
     good = raw_release["valid"].iloc[:3]
     spanning = _with_bad_row(good, lambda r: {"item_title": "A title\nover two lines"})
@@ -126,8 +128,6 @@ def test_source_line_is_where_the_row_starts_in_the_file(tmp_path, raw_release, 
     text = spanning.to_csv(index=False) + "\n   \n" + late.to_csv(index=False, header=False)
     path = tmp_path / "valid.csv"
     path.write_text(text)
-    from rere_pipeline.datasets import SourceCSVDataset
-
     raw = SourceCSVDataset(
         filepath=str(path), load_args={"dtype": str, "keep_default_na": False}
     ).load()
@@ -140,6 +140,23 @@ def test_source_line_is_where_the_row_starts_in_the_file(tmp_path, raw_release, 
     assert lines[5].startswith("over two lines")  # the row's second line
     assert lines[9 - 1].startswith(late["user_id"].iloc[0] + ",")
     assert outcome.quarantine["rules"].tolist() == ["item_title.matches_catalogue", "rating.range"]
+    # the lines describe the file: the rows that go on (to Parquet) do not carry them
+    assert "lines" not in outcome.clean.attrs and "lines" not in outcome.quarantine.attrs
+    assert "lines" in raw.attrs
+
+
+def test_source_lines_of_a_byte_order_mark_and_of_separators_csv_cannot_follow(tmp_path):
+    items = tmp_path / "items.txt"
+    items.write_bytes("\ufeffA title\t1\n\nB title\t2\n".encode())  # BOM, no header
+    args = {"sep": "\t", "header": None, "names": ["title", "item_id"], "quoting": 3, "dtype": str}
+    frame = SourceCSVDataset(filepath=str(items), load_args=args).load()
+    assert frame["title"].tolist() == ["A title", "B title"]
+    assert frame.attrs["lines"].tolist() == [1, 3]
+    # a regex separator (pandas' python engine): the frame loads, its lines are unknown
+    sniffed = SourceCSVDataset(
+        filepath=str(items), load_args={**args, "sep": r"\t+", "engine": "python"}
+    ).load()
+    assert sniffed["item_id"].tolist() == ["1", "2"] and sniffed.attrs["lines"] is None
 
 
 @pytest.mark.parametrize("item_id", ["\uff13", "9" * 20])  # a full-width 3; past int64

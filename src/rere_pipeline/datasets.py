@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import numpy as np
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets.pandas import CSVDataset
@@ -26,9 +27,39 @@ from rere_pipeline.interrupts import RunInterrupted
 _LINE_AWARE_ARGS = {"sep", "header", "names", "quoting", "dtype", "keep_default_na", "encoding"}
 
 
+class RowLines:
+    """The 1-based file line of each row of a frame, as ``frame.attrs["lines"]`` holds it.
+
+    pandas deep-copies and compares ``attrs`` in most operations, so a list of a large file's
+    lines would slow every one of them; this read-only array copies as itself."""
+
+    __slots__ = ("_lines",)
+
+    def __init__(self, lines) -> None:
+        self._lines = np.asarray(lines, dtype=np.int64)
+        self._lines.flags.writeable = False
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def __getitem__(self, row: int) -> int:
+        return int(self._lines[row])
+
+    def tolist(self) -> list[int]:
+        return self._lines.tolist()
+
+    def __deepcopy__(self, memo) -> RowLines:
+        return self  # read-only
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RowLines) and np.array_equal(self._lines, other._lines)
+
+    __hash__ = None
+
+
 def csv_record_lines(
     path: str | Path, frame: pd.DataFrame, *, read_args: dict[str, Any] | None = None
-) -> list[int] | None:
+) -> RowLines | None:
     """The 1-based line of ``path`` on which each row of ``frame`` (read from it by
     ``pandas.read_csv(path, **read_args)``) starts, or None if that cannot be told for sure.
 
@@ -40,12 +71,18 @@ def csv_record_lines(
     header_arg = args.get("header", "infer")  # pandas: "infer" is line 0 unless names are given
     if set(args) - _LINE_AWARE_ARGS or header_arg not in ("infer", 0, None):
         return None
+    sep = args.get("sep", ",")
+    if not (isinstance(sep, str) and len(sep) == 1):
+        return None  # a regex or sniffed separator: csv cannot follow pandas
     header = header_arg == 0 or (header_arg == "infer" and "names" not in args)
-    dialect = {"delimiter": args.get("sep", ","), "quoting": args.get("quoting", csv.QUOTE_MINIMAL)}
+    dialect = {"delimiter": sep, "quoting": args.get("quoting", csv.QUOTE_MINIMAL)}
+    encoding = args.get("encoding", "utf-8")
+    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+        encoding = "utf-8-sig"  # pandas drops a byte-order mark; so must the first cell here
     starts, first_cells, end = [], [], 0
     try:
         with fsspec.open(
-            str(path), "rt", compression="infer", encoding=args.get("encoding", "utf-8"), newline=""
+            str(path), "rt", compression="infer", encoding=encoding, newline=""
         ) as text:
             reader = csv.reader(text, **dialect)
             for row in reader:
@@ -63,7 +100,7 @@ def csv_record_lines(
         len(frame.columns) and first_cells != frame.iloc[:, 0].astype(str).tolist()
     ):
         return None
-    return starts
+    return RowLines(starts)
 
 
 class SourceCSVDataset(CSVDataset):

@@ -386,7 +386,10 @@ def validate_file(
     source = raw.attrs.get("source", kind)
     gx = _gx()
     outcome = FileValidation(
-        source=source, rows=int(len(raw)), clean=raw.iloc[0:0], quarantine=_empty_quarantine(raw)
+        source=source,
+        rows=int(len(raw)),
+        clean=_rows_only(raw.iloc[0:0]),
+        quarantine=_empty_quarantine(raw),
     )
 
     schema = _run_suite(
@@ -433,7 +436,7 @@ def validate_file(
             broken.setdefault(int(index), []).append(rule)
 
     bad = sorted(broken)
-    outcome.clean = raw.drop(index=bad)
+    outcome.clean = _rows_only(raw.drop(index=bad))
     outcome.quarantine = quarantine_rows(raw, bad, broken, source)
     share = len(bad) / len(raw) if len(raw) else 0.0
     if share > limits.max_bad_fraction:
@@ -470,6 +473,13 @@ def _empty_quarantine(raw: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(columns=[*QUARANTINE_COLUMNS, *raw.columns])
 
 
+def _rows_only(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` without the raw file's line numbers: they describe the file, not the rows
+    that go on (and pandas would write them into every Parquet file made from the rows)."""
+    frame.attrs.pop("lines", None)
+    return frame
+
+
 def _line(raw: pd.DataFrame, row: int) -> int | None:
     """The 1-based line of the file on which data row ``row`` starts, as its reader recorded
     in ``attrs["lines"]``; None for a frame read from no lines (Parquet, built in memory)."""
@@ -488,7 +498,7 @@ def quarantine_rows(
     rows.insert(0, "source_line", pd.array([_line(raw, i) for i in bad], dtype="Int64"))
     rows.insert(0, "source_row", bad)  # 0-based data row
     rows.insert(0, "source_file", source)
-    return rows.reset_index(drop=True)
+    return _rows_only(rows.reset_index(drop=True))
 
 
 # --------------------------------------------------------------------------- the three inputs

@@ -46,14 +46,16 @@ def rows_limit(max_rows, split: str) -> int | None:
     return int(max_rows) if max_rows else None
 
 
-# the parameters naming how many valid rows training chooses on (``selection_sample``); a
-# path that is not set is not checked (tuning without a budget override uses rere.valid_rows)
-CHOOSERS = (
-    ("baselines", "sasrec", "valid_rows"),
-    ("sft", "valid_rows"),
-    ("rere", "valid_rows"),
-    ("tune", "budget", "valid_rows"),
-)
+# the parameters naming how many valid rows training chooses on (``selection_sample``), and
+# whether leaving one out means the whole split (True) or another chooser's rows (False:
+# tuning without a budget override uses rere.valid_rows); a section that is absent altogether
+# is not checked
+CHOOSERS = {
+    ("baselines", "sasrec", "valid_rows"): True,
+    ("sft", "valid_rows"): True,
+    ("rere", "valid_rows"): True,
+    ("tune", "budget", "valid_rows"): False,
+}
 
 
 def check_samples_apart(params: dict) -> None:
@@ -63,19 +65,19 @@ def check_samples_apart(params: dict) -> None:
     if not params.get("evaluate"):
         return  # nothing reported
     chosen = {}
-    for path in CHOOSERS:
+    for path, missing_is_whole in CHOOSERS.items():
         node = params
         for key in path[:-1]:
             node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict) and path[-1] in node:
-            chosen[".".join(path)] = node[path[-1]]
+        if isinstance(node, dict) and (path[-1] in node or missing_is_whole):
+            chosen[".".join(path)] = node.get(path[-1])
     whole = [name for name, n in chosen.items() if not n]
     if rows_limit(params["evaluate"].get("max_rows"), "valid") is None:
         whole.insert(0, "evaluate.max_rows.valid")
     if whole and chosen:
         sizes = ", ".join(f"{name}: {n or 'null'}" for name, n in chosen.items())
         raise ValueError(
-            f"{', '.join(whole)}: null means the whole valid split, so the valid rows "
+            f"{', '.join(whole)}: null (or left out) means the whole valid split, so the valid rows "
             "evaluation reports, which promotion compares, would include rows training chooses "
             f"on ({sizes}). Set each to a number of rows: the two samples come from opposite "
             "ends of one permutation, so they stay apart while they fit in the split together"
