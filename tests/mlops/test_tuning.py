@@ -8,8 +8,11 @@ import textwrap
 
 import optuna
 import pytest
+import torch
 
 from rere_pipeline.mlops import tuning
+from rere_pipeline.pipelines.tune.nodes import study_setup
+from rere_pipeline.recsys.backbone import Backbone
 
 SPACE = {
     "num_generations": [4, 8, 16],
@@ -83,12 +86,18 @@ def test_a_study_run_with_another_setup_is_not_joined(tmp_path):
     study.tell(study.ask(), 0.5)
     tuning.open_study(storage, "s", setup=setup)  # the same setup: joined
     tuning.open_study(storage, "s")  # no setup given: not checked
-    wider = {**setup, "search_space": {**SPACE, "rewards": {"semantic": {"low": 0, "high": 1}}}}
+    semantic = {"low": 0, "high": 1}
+    wider = {
+        **setup,
+        "search_space": {**SPACE, "rewards": {**SPACE["rewards"], "semantic": semantic}},
+    }
     with pytest.raises(
-        ValueError, match=r"1 trial\(s\) run with another setup \(search_space differ"
+        ValueError,
+        match=r"1 trial\(s\) run with another setup \(search_space.rewards.semantic.high, "
+        r"search_space.rewards.semantic.low differ\)",
     ):
         tuning.open_study(storage, "s", setup=wider)
-    with pytest.raises(ValueError, match=r"rere, sft_weights differ"):
+    with pytest.raises(ValueError, match=r"\(rere.max_steps, sft_weights differ\)"):
         tuning.open_study(
             storage, "s", setup={**setup, "rere": {"max_steps": 20}, "sft_weights": "d"}
         )
@@ -97,6 +106,28 @@ def test_a_study_run_with_another_setup_is_not_joined(tmp_path):
     bare.tell(bare.ask(), 0.1)
     with pytest.raises(ValueError, match="no setup recorded"):
         tuning.open_study(storage, "old", setup=setup)
+
+
+def test_the_setup_leaves_out_what_a_trial_replaces_or_runs_on():
+    sft = Backbone(None, torch.nn.Linear(2, 2))
+    params = {"search_space": SPACE, "budget": {"eval_steps": 25}}
+    rere = {
+        "num_generations": 16,  # replaced by the trial's suggestion, as beta and rewards
+        "beta": 1e-3,
+        "rewards": {"rule": 1.0, "ranking": 1.0},
+        "max_steps": 100,
+        "eval_steps": 50,
+        "decode_batch_size": 32,  # speed only
+        "output_dir": "data/06_models/rere_checkpoints",
+    }
+    setup = study_setup(sft, params, rere, {"max_history": 10})
+    assert setup["rere"] == {"max_steps": 100, "eval_steps": 25}  # the budget over the stage's
+    assert len(setup["sft_weights"]) == 64
+    same = study_setup(
+        sft, params, {**rere, "beta": 0.5, "decode_batch_size": 8}, {"max_history": 10}
+    )
+    assert same == setup
+    assert study_setup(sft, params, {**rere, "max_steps": 20}, {"max_history": 10}) != setup
 
 
 WORKER = textwrap.dedent(

@@ -54,22 +54,32 @@ def open_study(
         load_if_exists=True,
     )
     if setup is not None:
-        _check_setup(study, json.loads(json.dumps(setup, sort_keys=True, default=str)))
+        check_setup(study, setup)
     return study
 
 
-def _check_setup(study: optuna.Study, setup: dict) -> None:
+def _flat(tree, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (JSON-normalised leaves)."""
+    if isinstance(tree, dict) and tree:
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+def check_setup(study: optuna.Study, setup: dict) -> None:
+    """Record ``setup`` on a study without trials or setup; refuse one recorded otherwise,
+    naming the keys that differ."""
+    setup = json.loads(json.dumps(setup, sort_keys=True, default=str))
     known = study.user_attrs.get(SETUP_ATTR)
     if known is None and not study.trials:
         study.set_user_attr(SETUP_ATTR, setup)
         return
     if known == setup:
         return
-    changed = (
-        sorted(k for k in setup.keys() | known.keys() if setup.get(k) != known.get(k))
-        if known is not None
-        else ["(no setup recorded with its trials)"]
-    )
+    if known is None:
+        changed = ["(no setup recorded with its trials)"]
+    else:
+        ours, theirs = _flat(setup), _flat(known)
+        changed = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
     raise ValueError(
         f"Optuna study {study.study_name!r} holds {len(study.trials)} trial(s) run with another "
         f"setup ({', '.join(changed)} differ): their scores are not comparable with this run's. "

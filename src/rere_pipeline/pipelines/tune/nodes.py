@@ -41,10 +41,11 @@ def tune_rere(
     is a nested MLflow run.
     """
     storage = os.environ.get(STORAGE_ENV) or params["storage"]
+    setup = study_setup(sft_model, params, rere_params, prompt_params)
     study = tuning.open_study(
         storage,
         params["study_name"],
-        setup=study_setup(sft_model, params, rere_params, prompt_params),
+        setup=setup,
         sampler_seed=params.get("sampler_seed"),
         n_startup_trials=int(params.get("n_startup_trials", 3)),
         pruner_warmup_steps=int(params.get("pruner_warmup_steps", 0)),
@@ -59,11 +60,12 @@ def tune_rere(
     rows_cache: dict = {}  # trials with the same group size and budget share their rows
 
     def objective(trial: optuna.Trial) -> float:
+        # a worker that created the study at the same moment may have recorded its setup
+        tuning.check_setup(study, setup)
         overrides = tuning.suggest(trial, params["search_space"])
         output_dir = f"{rere_params['output_dir']}_trial{trial.number}"
         trial_params = {
-            **rere_params,
-            **(params.get("budget") or {}),
+            **trial_base(params, rere_params),
             **overrides,
             "output_dir": output_dir,
             "resume": False,
@@ -123,17 +125,37 @@ def tune_rere(
     )
 
 
-# run-time choices that do not change a trial's score
-_NOT_SETUP = ("output_dir", "resume", "progress", "logging_steps", "save_steps", "device")
+# choices that do not change a trial's score: where and how it runs, what it logs
+_NOT_SETUP = (
+    "output_dir",
+    "resume",
+    "progress",
+    "logging_steps",
+    "save_steps",
+    "device",
+    "decode_batch_size",
+    "loss_head",
+    "gradient_checkpointing",
+)
+
+
+def trial_base(params: dict, rere_params: dict) -> dict:
+    """A trial's ReRe parameters before its suggested values: the ReRe stage's, with
+    ``tune.budget`` over them."""
+    return {**rere_params, **(params.get("budget") or {})}
 
 
 def study_setup(sft_model: Backbone, params: dict, rere_params: dict, prompt_params: dict) -> dict:
     """What a trial's score depends on besides its suggested values: the search space, the
-    trial's ReRe parameters (budget included), the prompts and the starting model's weights."""
-    trial_params = {**rere_params, **(params.get("budget") or {})}
+    trial's other ReRe parameters (budget included), the prompts and the starting weights."""
+    space = params["search_space"]
     return {
-        "search_space": params["search_space"],
-        "rere": {k: v for k, v in trial_params.items() if k not in _NOT_SETUP},
+        "search_space": space,
+        "rere": {
+            k: v
+            for k, v in trial_base(params, rere_params).items()
+            if k not in _NOT_SETUP and k not in space  # the suggestion replaces it
+        },
         "prompts": prompt_params,
         "sft_weights": weights_digest(sft_model.model),
     }
