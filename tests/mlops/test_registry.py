@@ -138,14 +138,23 @@ def test_rescoring_rows_are_newer_than_both_models_training(
     assert calls == [5000]
 
 
+def champion_and_compared_challenger(tiny_backbone, catalogue, template, rows, challenger_rows):
+    """A promoted champion (valid NDCG@10 0.30 on ``rows``), then a challenger (0.2 on
+    ``challenger_rows``) whose cycle scored that champion 0.15; their versions."""
+    champion = register(tiny_backbone, catalogue, template, 0.30, rows=rows)
+    registry.promote(NAME)
+    tags = {registry.COMPARED_WITH: champion, registry.COMPARED_SCORE: "0.15"}
+    challenger = register(tiny_backbone, catalogue, template, 0.2, rows=challenger_rows, **tags)
+    return champion, challenger
+
+
 def test_a_retrain_challenger_is_judged_by_its_comparison_with_this_champion(
     mlflow_store, tiny_backbone, small_catalogue, template
 ):
-    champion = register(tiny_backbone, small_catalogue, template, 0.30, rows="release")
-    registry.promote(NAME)
     # scored in its cycle on the new valid window: itself 0.2, the champion 0.15
-    tags = {registry.COMPARED_WITH: champion, registry.COMPARED_SCORE: "0.15"}
-    challenger = register(tiny_backbone, small_catalogue, template, 0.2, rows="window", **tags)
+    champion, challenger = champion_and_compared_challenger(
+        tiny_backbone, small_catalogue, template, "release", "window"
+    )
 
     def rescore(uris, newer_than):
         raise AssertionError("the recorded comparison needs no rescoring")
@@ -165,12 +174,11 @@ def test_a_retrain_challenger_is_judged_by_its_comparison_with_this_champion(
 def test_the_recorded_comparison_comes_before_the_champions_own_tags(
     mlflow_store, tiny_backbone, small_catalogue, template
 ):
-    champion = register(tiny_backbone, small_catalogue, template, 0.30, rows="same")
-    registry.promote(NAME)
     # the same fingerprint, but this challenger's cycle also scored the champion: 0.15 is the
     # newer measurement (the champion's tag of 0.30 may come from another cycle's rows)
-    tags = {registry.COMPARED_WITH: champion, registry.COMPARED_SCORE: "0.15"}
-    challenger = register(tiny_backbone, small_catalogue, template, 0.2, rows="same", **tags)
+    _, challenger = champion_and_compared_challenger(
+        tiny_backbone, small_catalogue, template, "same", "same"
+    )
     decision = registry.promote(NAME)
     assert (decision.challenger_score, decision.champion_score) == (0.2, 0.15)
     assert decision.promoted and aliases()["champion"] == challenger

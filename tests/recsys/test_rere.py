@@ -115,6 +115,11 @@ def _train(
     )
 
 
+def _config(tmp_path, **params):
+    """TRL's ``GRPOConfig`` for ``PARAMS`` with ``params`` over them."""
+    return rere.grpo_config({**PARAMS, **params}, str(tmp_path), 16, use_cuda=False)
+
+
 def _first_groups(trainer, recommender, rows, n: int = 3):
     """The trainer's groups for the first ``n`` rows, generated as inside its training loop:
     (prompt ids, completion ids, G per prompt in a row)."""
@@ -498,25 +503,22 @@ def test_training_stops_when_valid_ndcg_collapses(ratio, stops_at):
 
 
 def test_objectives_and_reference_sync_reach_trls_config(tmp_path):
-    def config(**params):
-        return rere.grpo_config({**PARAMS, **params}, str(tmp_path), 16, use_cuda=False)
-
     # the paper's design space: GRPO, DAPO's token-level loss, GSPO's sequence-level ratio
     for objective, expected in {
         "grpo": ("grpo", "token"),
         "dapo": ("dapo", "token"),
         "gspo": ("grpo", "sequence"),
     }.items():
-        args = config(objective=objective)
+        args = _config(tmp_path, objective=objective)
         assert (args.loss_type, args.importance_sampling_level) == expected, objective
-    assert not config().sync_ref_model
-    synced = config(sync_ref_model={"enabled": True, "steps": 25, "alpha": 0.6})
+    assert not _config(tmp_path).sync_ref_model
+    synced = _config(tmp_path, sync_ref_model={"enabled": True, "steps": 25, "alpha": 0.6})
     assert (synced.sync_ref_model, synced.ref_model_sync_steps) == (True, 25)
     assert synced.ref_model_mixup_alpha == 0.6
-    args = config()
+    args = _config(tmp_path)
     assert (args.num_generations, args.per_device_train_batch_size, args.beta) == (G, 2 * G, 1e-3)
     with pytest.raises(ValueError, match="objective"):
-        config(objective="ppo")
+        _config(tmp_path, objective="ppo")
 
 
 def test_gspo_has_grpos_gradient_on_policy_and_its_own_from_the_second_pass(
@@ -547,7 +549,7 @@ def test_gspo_has_grpos_gradient_on_policy_and_its_own_from_the_second_pass(
         else:  # the second step reuses the first step's groups: the ratios differ from 1
             assert apart > 1e-2 * moved, (passes, apart, moved)
     with pytest.raises(ValueError, match="num_iterations must be at least 1"):
-        rere.grpo_config({**PARAMS, "num_iterations": 0}, str(tmp_path), 16, use_cuda=False)
+        _config(tmp_path, num_iterations=0)
     # the informative-row search looks for the prompts the run consumes: each batch serves
     # num_iterations steps
     budget = {"prompts_per_step": 8, "gradient_accumulation_steps": 2, "max_steps": 101}
@@ -557,13 +559,13 @@ def test_gspo_has_grpos_gradient_on_policy_and_its_own_from_the_second_pass(
 
 
 def test_beams_are_scored_at_temperature_one(tmp_path):
-    def config(**params):
-        return rere.grpo_config({**PARAMS, **params}, str(tmp_path), 16, use_cuda=False)
-
-    assert config(temperature=0.7).temperature == 1.0  # beams are decoded at 1
-    assert config(temperature=0.7, sampling="sample").temperature == 0.7
-    assert (config().epsilon, config().epsilon_high) == (0.2, None)  # TRL: high = low when None
-    gspo = config(objective="gspo", epsilon=3e-4, epsilon_high=4e-4)
+    assert _config(tmp_path, temperature=0.7).temperature == 1.0  # beams are decoded at 1
+    assert _config(tmp_path, temperature=0.7, sampling="sample").temperature == 0.7
+    assert (_config(tmp_path).epsilon, _config(tmp_path).epsilon_high) == (
+        0.2,
+        None,
+    )  # TRL: high = low when None
+    gspo = _config(tmp_path, objective="gspo", epsilon=3e-4, epsilon_high=4e-4)
     assert (gspo.epsilon, gspo.epsilon_high) == (3e-4, 4e-4)
 
 
