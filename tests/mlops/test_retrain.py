@@ -7,6 +7,7 @@ import pytest
 
 from rere_pipeline import validation
 from rere_pipeline.mlops import retrain
+from rere_pipeline.pipelines.retrain.nodes import retrain_cycle
 
 DAY = 86_400
 T0 = 1_500_000_000  # 2017-07-14: a plausible event time
@@ -51,16 +52,66 @@ def test_the_store_ingests_each_file_once_whatever_its_name(tmp_path):
 
     limits = validation.Limits.from_params({"max_bad_fraction": 0.5})
     batch = retrain.validate_new_files(
-        files, store.catalogue(CATALOGUE), limits, tmp_path / "quarantine"
+        files, store.catalogue(CATALOGUE), limits, tmp_path / "quarantine", store.events()
     )
-    assert batch.new_events == 3 and not batch.quarantine
+    assert batch.new_events == 2 and not batch.quarantine  # (u, 2, 20) is stored already
     store.commit(batch)
-    assert len(store.events()) == 4  # (u, 2, 20) was already stored: kept once
+    assert len(store.events()) == 4
     assert store.catalogue(CATALOGUE)["title"].tolist() == ["A", "B", "C", "D", "E"]
     assert [e["file"] for e in store.ledger()] == ["items_new.csv", "day1.csv"]
+    assert [(e["accepted"], e.get("already_stored")) for e in store.ledger()] == [(1, None), (2, 1)]
 
     (drop / "day1.csv").rename(drop / "day1_again.csv")
     assert store.new_files(drop) == []
+
+
+def test_events_already_stored_or_earlier_in_the_batch_are_not_new(tmp_path):
+    store = retrain.EventStore(tmp_path / "store")
+    store.ensure_base(events([("u", 1, 10), ("u", 2, 20)]))
+    drop = tmp_path / "new_logs"
+    drop.mkdir()
+    # a re-export of stored events, columns reordered and ids as text, then two overlapping logs
+    events([("u", 2, 20), ("u", 1, 10)])[["timestamp", "item_id", "user_id"]].to_csv(
+        drop / "a_export.csv", index=False
+    )
+    events([("v", 3, 30), ("v", 4, 40)]).to_parquet(drop / "b_week.parquet")
+    events([("v", 4, 40), ("w", 1, 50)]).to_csv(drop / "c_week.csv", index=False)
+    limits = validation.Limits.from_params({"max_bad_fraction": 0.5})
+    batch = retrain.validate_new_files(
+        store.new_files(drop), CATALOGUE, limits, tmp_path / "q", store.events()
+    )
+    counts = [(f["file"], f["accepted"], f["already_stored"]) for f in batch.files]
+    assert counts == [("a_export.csv", 0, 2), ("b_week.parquet", 2, 0), ("c_week.csv", 1, 1)]
+    assert batch.new_events == 3 and len(batch.events) == 2  # nothing kept of the re-export
+
+
+def test_a_drop_with_nothing_new_is_recorded_without_retraining(tmp_path):
+    """Catalogue additions and re-sent events: a no-op cycle that records the files (before,
+    every scheduled run failed on them until a real log arrived)."""
+    params = {
+        "store_dir": str(tmp_path / "store"),
+        "lock_file": str(tmp_path / "store/.lock"),
+        "new_logs_dir": str(tmp_path / "new_logs"),
+        "quarantine_dir": str(tmp_path / "quarantine"),
+    }
+    seed = events([("u", 1, 10), ("u", 2, 20)])
+    (tmp_path / "new_logs").mkdir()
+    pd.DataFrame({"item_id": ["5"], "title": ["E"]}).to_csv(
+        tmp_path / "new_logs/items_new.csv", index=False
+    )
+    seed.to_csv(tmp_path / "new_logs/resent.csv", index=False)
+    data_params = {"validation": {"max_bad_fraction": 0.01}}
+    # no model, registry or training parameters: a cycle that reached them would fail
+    report = retrain_cycle(CATALOGUE, seed, params, data_params, *[None] * 5)
+    assert (
+        report["status"] == "no-op"
+        and "2 already stored, 1 catalogue additions" in report["message"]
+    )
+    store = retrain.EventStore(params["store_dir"])
+    assert [e["file"] for e in store.ledger()] == ["items_new.csv", "resent.csv"]
+    assert len(store.events()) == 2 and store.catalogue(CATALOGUE)["title"].iloc[-1] == "E"
+    again = retrain_cycle(CATALOGUE, seed, params, data_params, *[None] * 5)
+    assert again["status"] == "no-op" and "no new logs" in again["message"]
 
 
 def test_bad_rows_are_quarantined_and_a_fatal_file_stops_everything(tmp_path):

@@ -207,6 +207,7 @@ def validate_new_files(
     catalogue: pd.DataFrame,
     limits: validation.Limits,
     quarantine_dir: str | Path,
+    stored: pd.DataFrame | None = None,
 ) -> Batch:
     """Validate every file with the project's Great Expectations suites.
 
@@ -215,9 +216,14 @@ def validate_new_files(
     fatal (missing column, too many bad rows, unreadable) then stops everything with that file
     named. A catalogue row whose ``item_id`` is already known under another title is
     quarantined (rule ``item_id.known_title``): ids are never re-titled by a log drop.
+
+    An event already in ``stored`` (the store's events) or in an earlier file of the batch is
+    not new: it is left out of the batch and counted as ``already_stored`` in the file's ledger
+    entry, so a re-exported log does not count as something to learn from.
     """
     batch = Batch()
     known = catalogue[["item_id", "title"]]
+    seen = set(_event_keys(stored)) if stored is not None else set()
     outcomes, unreadable = [], []
     for new in files:
         path, digest = new.path, new.sha256
@@ -238,10 +244,16 @@ def validate_new_files(
             kept = len(additions)
         else:
             outcome = validation.validate_event_log(raw, known, limits)
-            kept = 0
+            kept = repeated = 0
             if not outcome.fatal and len(outcome.clean):
                 events = sequences.events_from_log(outcome.clean)
-                batch.events[name] = events[["user_id", "item_id", "timestamp", "rating"]]
+                keys = _event_keys(events)
+                fresh = [k not in seen for k in keys]
+                seen.update(keys)
+                events = events[fresh]
+                repeated = len(keys) - len(events)
+                if len(events):
+                    batch.events[name] = events[["user_id", "item_id", "timestamp", "rating"]]
                 kept = len(events)
         outcomes.append(outcome)
         if len(outcome.quarantine):
@@ -254,6 +266,7 @@ def validate_new_files(
                 "rows": int(len(raw)),
                 "accepted": int(kept),
                 "quarantined": int(len(outcome.quarantine)),
+                **({} if is_catalogue_file(path) else {"already_stored": int(repeated)}),
                 "processed_at": datetime.now(tz=UTC).isoformat(timespec="seconds"),
             }
         )
@@ -262,6 +275,12 @@ def validate_new_files(
         raise unreadable[0]
     validation.raise_if_fatal(validation.combined_report(outcomes, limits))
     return batch
+
+
+def _event_keys(events: pd.DataFrame) -> list[tuple]:
+    """Each event's ``sequences.EVENT_KEY`` as a tuple, in the types ``events_from_log`` gives."""
+    keys = events[sequences.EVENT_KEY].astype({"user_id": str, "timestamp": int, "item_id": int})
+    return list(keys.itertuples(index=False, name=None))
 
 
 def _quarantine_retitled(

@@ -34,6 +34,8 @@ ROW_COLUMNS = [
     "timestamp",
 ]
 EVENT_COLUMNS = ["user_id", "item_id", "timestamp", "rating", "order"]
+# What makes two events one: the same user, item and time (a repeat is dropped, first kept).
+EVENT_KEY = ["user_id", "timestamp", "item_id"]
 HISTORY_LIST_COLUMNS = [c for c in ROW_COLUMNS if c.startswith("history_")]
 
 
@@ -125,7 +127,7 @@ def release_events(*splits: pd.DataFrame) -> pd.DataFrame:
     events = pd.concat(frames, ignore_index=True)
     seen_order = ["user_id", "row_time", "split_no", "row_no", "position"]
     events = events.sort_values(seen_order, kind="stable")
-    events = events.drop_duplicates(["user_id", "timestamp", "item_id"], keep="first")
+    events = events.drop_duplicates(EVENT_KEY, keep="first")
     events = events.sort_values(["user_id", "timestamp", *seen_order[1:]], kind="stable")
     return _with_order(events[["user_id", "item_id", "timestamp", "rating"]])
 
@@ -157,7 +159,7 @@ def events_from_log(log: pd.DataFrame) -> pd.DataFrame:
     events = events.astype(
         {"user_id": str, "item_id": np.int64, "timestamp": np.int64, "rating": np.float64}
     )
-    events = events.drop_duplicates(["user_id", "timestamp", "item_id"], keep="first")
+    events = events.drop_duplicates(EVENT_KEY, keep="first")
     events = events.sort_values(["user_id", "timestamp"], kind="stable")
     return _with_order(events[["user_id", "item_id", "timestamp", "rating"]])
 

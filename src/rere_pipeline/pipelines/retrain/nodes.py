@@ -56,12 +56,25 @@ def retrain_cycle(
         log.info("retrain: %d new file(s): %s", len(files), names)
         limits = validation.Limits.from_params(data_params["validation"])
         batch = retrain.validate_new_files(
-            files, store.catalogue(catalogue), limits, params["quarantine_dir"]
+            files, store.catalogue(catalogue), limits, params["quarantine_dir"], store.events()
         )
         if not batch.new_events:
-            raise validation.DataValidationError(
-                f"retrain: none of {names} holds a valid new event"
+            # catalogue additions or events the store has already: nothing to learn from, but
+            # on record, so that the next cycle does not read these files again
+            store.commit(batch)
+            repeated = sum(f.get("already_stored", 0) for f in batch.files)
+            message = (
+                f"no new event in {names} ({repeated} already stored, "
+                f"{sum(len(i) for i in batch.items.values())} catalogue additions recorded): "
+                "nothing to retrain"
             )
+            log.info(message)
+            return {
+                "status": "no-op",
+                "message": message,
+                "files": batch.files,
+                "processed": len(store.ledger()),
+            }
 
         full_catalogue = store.catalogue(catalogue, batch.items)
         splits, windows = retrain.moved_splits(
