@@ -11,13 +11,16 @@ Input: a frame with one row per user and either ``history_item_ids`` (catalogue 
 oldest first) or ``history_titles`` (titles; any text, so items newer than the model work too);
 one request uses one of the two columns for all its rows. Output: one row per user with ``item_ids``,
 ``titles`` and ``scores`` of the top ``k`` items (``k`` is a parameter, default in
-``recommender.json``). Serve it with
-``mlflow models serve -m models:/rere-recommender@champion --host 127.0.0.1 --env-manager local``.
+``recommender.json``). A request it cannot answer (no history column, an unknown id, an empty
+history, ``k`` out of range) is an HTTP 400 whose message names the row and the rule. Serve it
+with ``MLFLOW_TRACKING_URI=sqlite:///mlruns/mlflow.db mlflow models serve -m
+models:/rere-recommender@champion --host 127.0.0.1 --env-manager local`` (``make serve``).
 """
 
 import json
 import logging
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +28,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
@@ -62,10 +66,21 @@ def signature(k: int) -> ModelSignature:
     )
 
 
+def bad_request(message: str) -> MlflowException:
+    """An error the scoring server answers with HTTP 400 and this message (any other
+    exception is a generic 400 whose text hides in a server traceback)."""
+    return MlflowException.invalid_parameter_value(message)
+
+
 class RecommenderModel(mlflow.pyfunc.PythonModel):
-    """``predict(frame of histories) -> frame of top-K item ids, titles and scores``."""
+    """``predict(frame of histories) -> frame of top-K item ids, titles and scores``.
+
+    The server runs each request in a thread of its own on the one loaded model: the beam
+    search switches the model's attention mode while it runs, so requests decode one at a
+    time."""
 
     def load_context(self, context) -> None:
+        self._decoding = threading.Lock()
         settings = json.loads(Path(context.artifacts["settings"]).read_text())
         backbone = load_backbone(context.artifacts["model"])
         catalogue = pd.read_parquet(context.artifacts["catalogue"])
@@ -91,9 +106,18 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
         k = self.k if k is None else int(k)
         items = len(self.recommender.trie.sequences)  # the beam search's width is at least k
         if not 1 <= k <= items:
-            raise ValueError(f"k must be between 1 and {items} (the catalogue's titles), got {k}")
+            raise bad_request(f"k must be between 1 and {items} (the catalogue's titles), got {k}")
+        if not {"history_item_ids", "history_titles"} & set(model_input.columns):
+            # MLflow drops columns the signature does not know: a misspelt name arrives as none
+            raise bad_request(
+                "the request has neither a history_item_ids nor a history_titles column "
+                "(other columns are ignored)"
+            )
         histories = [self._history(i, row) for i, row in enumerate(model_input.to_dict("records"))]
-        recs = self.recommender.recommend(histories, num_beams=max(k, self.recommender.num_beams))
+        with self._decoding:
+            recs = self.recommender.recommend(
+                histories, num_beams=max(k, self.recommender.num_beams)
+            )
         return pd.DataFrame(
             {
                 "item_ids": [[ids[0] for ids in r.item_ids[:k]] for r in recs],
@@ -105,14 +129,14 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
     def _history(self, row_no: int, row: dict) -> list[str]:
         ids, titles = _present(row.get("history_item_ids")), _present(row.get("history_titles"))
         if (ids is None) == (titles is None):
-            raise ValueError(
+            raise bad_request(
                 f"row {row_no}: give exactly one of history_item_ids or history_titles "
                 "(a non-empty list, oldest first)"
             )
         if ids is not None:
             unknown = [i for i in ids if int(i) not in self.title_of]
             if unknown:
-                raise ValueError(f"row {row_no}: item ids not in the catalogue: {unknown[:10]}")
+                raise bad_request(f"row {row_no}: item ids not in the catalogue: {unknown[:10]}")
             return [self.title_of[int(i)] for i in ids]
         return [str(t) for t in titles]  # any text: the LM reads titles, new items included
 
