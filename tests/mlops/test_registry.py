@@ -193,6 +193,38 @@ def test_different_valid_rows_are_rescored_on_common_rows(
     assert decision.promoted and aliases()["champion"] == challenger
 
 
+def test_nothing_is_promoted_when_the_champion_moved_while_comparing(
+    mlflow_store, tiny_backbone, small_catalogue, template
+):
+    first = register(tiny_backbone, small_catalogue, template, 0.1, rows="old-split")
+    registry.promote(NAME)
+    other = register(tiny_backbone, small_catalogue, template, 0.5, rows="old-split")
+    register(tiny_backbone, small_catalogue, template, 0.2, rows="new-split")
+
+    def rescore(uris, newer_than):  # another promote moves the champion meanwhile
+        mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", other)
+        return [0.2, 0.1]  # better than the champion it was compared with
+
+    with pytest.raises(RuntimeError, match=f"moved from v{first} to v{other}"):
+        registry.promote(NAME, rescore=rescore)
+    assert aliases()["champion"] == other
+
+
+def test_versions_without_a_rows_fingerprint_are_rescored(
+    mlflow_store, tiny_backbone, small_catalogue, template
+):
+    client = mlflow.MlflowClient()
+    champion = log_version(tiny_backbone, small_catalogue, template)  # registered by hand
+    client.set_model_version_tag(NAME, champion, "valid_ndcg_at_10", "0.5")
+    client.set_registered_model_alias(NAME, "champion", champion)
+    challenger = log_version(tiny_backbone, small_catalogue, template)
+    client.set_model_version_tag(NAME, challenger, "valid_ndcg_at_10", "0.9")
+    client.set_registered_model_alias(NAME, "challenger", challenger)
+    # their tags were measured on rows nobody recorded: not comparable
+    decision = registry.promote(NAME, rescore=lambda uris, newer_than: [0.1, 0.2])
+    assert not decision.promoted and aliases()["champion"] == champion
+
+
 def test_rescoring_rows_are_newer_than_both_models_training(
     mlflow_store, tiny_backbone, small_catalogue, template
 ):

@@ -146,6 +146,14 @@ def promote(
         log.info(decision.reason)
         return decision
     score, best = _scores(name, challenger, champion, rescore)
+    # rescoring takes minutes: a champion another promote moved meanwhile was not compared
+    now = version_by_alias(client, name, CHAMPION)
+    if _version(now) != _version(champion):
+        raise RuntimeError(
+            f"the {CHAMPION!r} alias of {name!r} moved from {_version(champion)} to "
+            f"{_version(now)} while v{challenger.version} was compared (another promote ran "
+            "meanwhile): nothing promoted; run promote again to compare with the new champion"
+        )
     promoted, reason = decide(score, best, margin)
     decision = Decision(
         promoted,
@@ -181,7 +189,8 @@ def _scores(name: str, challenger, champion, rescore) -> tuple[float, float | No
             best,
         )
         return score, best
-    if challenger.tags.get("valid_rows") == champion.tags.get("valid_rows"):
+    rows = challenger.tags.get("valid_rows")
+    if rows and rows == champion.tags.get("valid_rows"):  # two versions without one differ
         return _recorded_score(challenger), _recorded_score(champion)
     if rescore is None:
         raise ValueError(
@@ -196,6 +205,10 @@ def _scores(name: str, challenger, champion, rescore) -> tuple[float, float | No
         newer_than,
     )
     return score, best
+
+
+def _version(version) -> str:
+    return "no champion" if version is None else f"v{version.version}"
 
 
 def _recorded_score(version) -> float:
