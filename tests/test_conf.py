@@ -10,6 +10,7 @@ import pytest
 
 from helpers import project_config
 from rere_pipeline.pipelines.samples import CHOOSERS, check_samples_apart
+from rere_pipeline.recsys.metrics import check_ranking_depth
 
 MODEL_DATASET = "rere_pipeline.datasets.HFModelDataset"
 
@@ -25,7 +26,19 @@ def test_the_gpu_environment_loads_every_model_onto_the_gpu():
     assert project_config("gpu")["parameters"]["backbone"]["load_args"]["device"] == "cuda"
 
 
-@pytest.mark.parametrize("env", ["base", "test", "gpu", "design_space"])
+ENVIRONMENTS = ["base", "test", "gpu", "design_space"]
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_every_environment_scores_each_k_it_reports(env):
+    params = project_config(env)["parameters"]
+    check_ranking_depth(params)  # what ParameterCheckHook runs before anything else
+    params["evaluate"]["ks"] = [k for k in params["evaluate"]["ks"] if k != 10]
+    with pytest.raises(ValueError, match="lacks 10: the registry and promotion compare"):
+        check_ranking_depth(params)
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_reported_valid_rows_stay_apart_from_the_rows_training_chooses_on(env):
     params = project_config(env)["parameters"]
     check_samples_apart(params)  # every committed environment passes

@@ -95,3 +95,25 @@ def test_a_k_above_the_beam_width_is_refused_not_capped():
         check_ranking_depth({**good, "evaluate": {"ks": [1, 20], "beam_width": 16}})
     with pytest.raises(ValueError, match=r"rere.eval_beam_width \(valid NDCG@10\): K = 10"):
         check_ranking_depth({**good, "rere": {"eval_beam_width": 8}})
+
+
+def test_every_k_the_reports_read_is_scored():
+    """Each would fail after the whole evaluation: a KeyError in the report or the registry, or
+    an NDCG@k silently cut to the titles a model kept."""
+    sasrec = {"ks": [1, 10, 20], "predictions_k": 20}
+    good = {
+        "evaluate": {"ks": [1, 10], "beam_width": 20, "compare": {"k": 10}},
+        "baselines": {"sasrec": {"eval": sasrec}},
+    }
+    check_ranking_depth(good)
+    bad = {
+        "evaluate.ks \\[1, 5\\] lacks 10: the registry": {"ks": [1, 5]},
+        "baselines.sasrec.eval.ks lacks \\[50\\]": {"ks": [1, 10, 50], "beam_width": 50},
+        "evaluate.compare.k: K = 30 is above the beam width 20": {"compare": {"k": 30}},
+    }
+    for message, change in bad.items():
+        with pytest.raises(ValueError, match=message):
+            check_ranking_depth({**good, "evaluate": {**good["evaluate"], **change}})
+    small = {"baselines": {"sasrec": {"eval": {**sasrec, "predictions_k": 5}}}}
+    with pytest.raises(ValueError, match="compare.k: K = 10 is above .*predictions_k = 5"):
+        check_ranking_depth({**good, **small})

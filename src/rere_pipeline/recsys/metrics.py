@@ -39,13 +39,48 @@ def check_valid_depth(beam_width: int) -> None:
 
 
 def check_ranking_depth(params: dict) -> None:
-    """The project's parameters, as far as they are set: ``check_evaluate_depth`` and
-    ``check_valid_depth``."""
+    """The project's parameters, as far as they are set: ``check_evaluate_depth``,
+    ``check_valid_depth`` and ``check_reported_ks``."""
     evaluate, rere = params.get("evaluate") or {}, params.get("rere") or {}
     if evaluate.get("ks") and evaluate.get("beam_width"):
         check_evaluate_depth(evaluate)
     if rere.get("eval_beam_width"):
         check_valid_depth(rere["eval_beam_width"])
+    check_reported_ks(params)
+
+
+def check_reported_ks(params: dict) -> None:
+    """Every K the reports and the registry read is one every model is scored at: the
+    registry's valid NDCG@10 (``VALID_K``) in ``evaluate.ks``, each K of ``evaluate.ks`` in
+    SASRec's ``baselines.sasrec.eval.ks`` (the report shows every model at each), and the paired
+    comparison's ``evaluate.compare.k`` within the beam width and SASRec's ``predictions_k``
+    (the titles kept per row)."""
+    evaluate = params.get("evaluate") or {}
+    ks = sorted({int(k) for k in evaluate.get("ks") or ()})
+    if not ks:
+        return
+    if VALID_K not in ks:
+        raise ValueError(
+            f"evaluate.ks {ks} lacks {VALID_K}: the registry and promotion compare models on "
+            f"valid NDCG@{VALID_K}"
+        )
+    sasrec = ((params.get("baselines") or {}).get("sasrec") or {}).get("eval") or {}
+    missing = sorted(set(ks) - {int(k) for k in sasrec.get("ks", ks)})
+    if missing:
+        raise ValueError(
+            f"baselines.sasrec.eval.ks lacks {missing} of evaluate.ks {ks}: the evaluation "
+            "report shows every model at each K of evaluate.ks"
+        )
+    k = int((evaluate.get("compare") or {}).get("k", VALID_K))
+    if evaluate.get("beam_width"):
+        check_depth(k, evaluate["beam_width"], "evaluate.compare.k")
+    kept = sasrec.get("predictions_k")
+    if kept is not None and k > int(kept):
+        raise ValueError(
+            f"evaluate.compare.k: K = {k} is above baselines.sasrec.eval.predictions_k = {kept}, "
+            f"the titles SASRec's predictions keep per row, so its NDCG@{k} would be its "
+            f"NDCG@{kept}. Raise predictions_k to at least {k} or lower compare.k."
+        )
 
 
 def hit_rank(ranked: Sequence[str], target: str) -> int | None:
