@@ -80,6 +80,10 @@ def test_logged_model_recommends_catalogue_items_from_ids_or_titles(
         model.predict(pd.DataFrame({"history_item_ids": [[123456789]]}))
     details = mlflow.MlflowClient().get_model_version(NAME, version)
     assert details.tags["valid_ndcg_at_10"] == "0.1"
+    with mlflow.start_run(), pytest.raises(ValueError, match=f"got {titles_count + 1}"):
+        serving.log_recommender(
+            tiny_backbone, small_catalogue, template, num_beams=5, batch_size=8, k=titles_count + 1
+        )  # a default k no request could be answered with
     assert model.metadata.signature.params.to_dict()[0]["name"] == "k"
 
 

@@ -166,6 +166,9 @@ def log_recommender(
     from rere_pipeline import __version__
 
     recommender = CatalogueRecommender(backbone.tokenizer, backbone.model, catalogue, template)
+    titles = len(recommender.trie.sequences)
+    if not 1 <= k <= titles:  # every request without its own k would be refused
+        raise ValueError(f"k must be between 1 and {titles} (the catalogue's titles), got {k}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         paths = {name: str(folder / file) for name, file in ARTIFACTS.items()}
