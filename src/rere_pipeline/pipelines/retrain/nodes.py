@@ -95,12 +95,16 @@ def retrain_cycle(
         start = serving.load_backbone_from_model(f"models:/{name}/{champion.version}")
         prompts = {s: encode_split(start, splits[s], prompt_params) for s in ("train", "valid")}
 
+        # the new windows, whole unless retrain.max_rows says otherwise (not evaluate.max_rows,
+        # the release's sample sizes): promotion compares challenger and champion on them
+        scoring = {**evaluate_params, "max_rows": params.get("max_rows")}
+
         def score(label: str, model: Backbone) -> dict:
             # prompts in the model's own tokens (a champion promoted by hand meanwhile may come
             # from another backbone); a few hundred rows, encoded in well under a second
             valid, test = (encode_split(model, splits[s], prompt_params) for s in ("valid", "test"))
             report, _ = evaluate_lm(
-                label, model, full_catalogue, evaluate_params, prompt_params, valid=valid, test=test
+                label, model, full_catalogue, scoring, prompt_params, valid=valid, test=test
             )
             return report[label]
 
