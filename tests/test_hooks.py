@@ -46,6 +46,26 @@ def test_a_failed_input_load_fails_the_stage_run_an_earlier_node_opened(mlflow_s
         mlflow.end_run("FAILED")
 
 
+def test_a_stage_closed_again_does_not_put_back_a_replaced_parent_metric(mlflow_store):
+    hook = StageRunsHook(stages=("evaluate", "rere"))
+    score_sft = node(lambda a: a, "a", "b", name="score_sft", tags=["evaluate"])
+    train = node(lambda b: b, "b", "c", name="train", tags=["rere"])
+    score_rere = node(lambda c: c, "c", "d", name="score_rere", tags=["evaluate"])
+    with mlflow.start_run() as parent:
+        hook.before_pipeline_run({}, None, None)
+        for done, output, value in (
+            (score_sft, "b", 1.0),
+            (train, "c", 2.0),
+            (score_rere, "d", None),
+        ):
+            hook.before_node_run(done, None, {}, False)
+            if value is not None:
+                mlflow.log_metric("m", value)
+            hook.after_dataset_saved(output, 1, done)
+        # evaluate closed again with its own m (1.0) unchanged: rere's 2.0 stays the latest
+        assert mlflow.get_run(parent.info.run_id).data.metrics["m"] == 2.0
+
+
 @pytest.fixture
 def default_signals():
     """SIGINT and SIGTERM as a plain terminal process has them; put back afterwards."""

@@ -128,7 +128,7 @@ class StageRunsHook:
     def __init__(self, stages: tuple[str, ...] | None = None):
         self.stages = stages
         self._children: dict[str, str] = {}
-        self._copied: dict[str, float] = {}  # metrics already copied to the parent
+        self._copied: dict[str, dict[str, float]] = {}  # per stage run: values copied up
         self._pending: set[str] = set()
         self._stage: str | None = None
         self._loading: str | None = None  # the stage of the node whose inputs are loading
@@ -207,8 +207,11 @@ class StageRunsHook:
         parent = mlflow.active_run()
         if parent is not None and child is not None:
             latest = mlflow.MlflowClient().get_run(child.info.run_id).data.metrics
-            fresh = {k: v for k, v in latest.items() if self._copied.get(k) != v}
+            # what this stage logged since it last closed: a stage closed again must not put
+            # back a value another stage has replaced in the parent since
+            copied = self._copied.setdefault(child.info.run_id, {})
+            fresh = {k: v for k, v in latest.items() if copied.get(k) != v}
             if fresh:
                 mlflow.log_metrics(fresh)
-                self._copied.update(fresh)
+                copied.update(fresh)
         self._stage = None
