@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rere_pipeline.mlops import tuning
-from rere_pipeline.pipelines.tune.nodes import study_setup
+from rere_pipeline.pipelines.tune.nodes import study_setup, tuned_rere_params
 from rere_pipeline.recsys.backbone import Backbone
 
 SPACE = {
@@ -106,6 +106,20 @@ def test_a_study_run_with_another_setup_is_not_joined(tmp_path):
     bare.tell(bare.ask(), 0.1)
     with pytest.raises(ValueError, match="no setup recorded"):
         tuning.open_study(storage, "old", setup=setup)
+
+
+def test_the_tuned_run_keeps_checkpoints_apart_from_the_rere_stages():
+    rere = {"output_dir": "data/06_models/rere_checkpoints", "beta": 1e-3, "max_steps": 100}
+    best = {"best_params": {"beta": 0.01, "num_generations": 8}}
+    tuned = tuned_rere_params(rere, best)
+    # the rere stage's checkpoints of an interrupted run are another run's to a tuned one:
+    # sharing the folder, one would start afresh over (delete) the other's
+    assert tuned == {
+        "output_dir": "data/06_models/rere_checkpoints_tuned",
+        "beta": 0.01,
+        "num_generations": 8,
+        "max_steps": 100,
+    }
 
 
 def test_the_setup_leaves_out_what_a_trial_replaces_or_runs_on():

@@ -55,6 +55,9 @@ def test_a_mistyped_arm_stops_the_ablation_before_the_first_arm_trains(monkeypat
         ("typo", 1),
     ]
     assert runs[2][2] == {**rere_params, "max_steps": 5, "seed": 1, "output_dir": "ckpt_good_1"}
+    for seeds in ([0, 0], [], None):  # a repeated seed would fake a spread over seeds
+        with pytest.raises(ValueError, match="ablation.seeds must be distinct seeds"):
+            ablation.arm_runs(rere_params, {**params, "seeds": seeds})
     models = [None] * 8  # never reached: the check comes first
     with pytest.raises(ValueError, match="rere.sampling must be one of"):
         ablation.run_ablation(*models, rere_params, params, {"ks": [10]}, {})

@@ -74,7 +74,10 @@ def arm_runs(rere_params: dict, params: dict) -> list[tuple[str, int, dict | Non
         raise ValueError(
             f"ablation.arm_set must be one of {sorted(sets)}, not {params['arm_set']!r}"
         )
-    seeds = [int(s) for s in params["seeds"]]
+    seeds = [int(s) for s in params["seeds"] or ()]
+    if not seeds or len(set(seeds)) != len(seeds):
+        # a repeated seed would show a spread of ~0 as if it were measured over seeds
+        raise ValueError(f"ablation.seeds must be distinct seeds, at least one: {seeds}")
     return [
         (
             arm,

@@ -162,5 +162,11 @@ def study_setup(sft_model: Backbone, params: dict, rere_params: dict, prompt_par
 
 
 def tuned_rere_params(rere_params: dict, tuned: dict) -> dict:
-    """``parameters_rere.yml`` with the study's best group size, beta and reward weights."""
-    return {**rere_params, **tuned["best_params"]}
+    """``parameters_rere.yml`` with the study's best group size, beta and reward weights, and
+    checkpoints of its own: a ``tune`` never starts afresh over (deletes) those of an
+    interrupted ``rere`` run, nor the other way round."""
+    return {
+        **rere_params,
+        **tuned["best_params"],
+        "output_dir": f"{rere_params['output_dir']}_tuned",
+    }
