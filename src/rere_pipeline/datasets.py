@@ -148,7 +148,7 @@ class HFModelDataset(AbstractDataset):
     def load(self):
         from rere_pipeline.recsys.backbone import load_backbone
 
-        if not (self._path / "config.json").exists():
+        if not self._exists():
             raise DatasetError(
                 f"{self._path}: no model here (config.json missing); run the stage that writes it first"
             )
@@ -160,6 +160,9 @@ class HFModelDataset(AbstractDataset):
         save_backbone(data, self._path)
 
     def _exists(self) -> bool:
+        from rere_pipeline.recsys.backbone import recover_directory
+
+        recover_directory(self._path)  # a save stopped mid-swap left the model aside
         return (self._path / "config.json").exists()
 
     def _describe(self) -> dict[str, Any]:
@@ -180,6 +183,9 @@ class PeftAdapterDataset(AbstractDataset):
         self.metadata = metadata
 
     def load(self) -> Path | None:
+        from rere_pipeline.recsys.backbone import recover_directory
+
+        recover_directory(self._path)
         return self._path if (self._path / "adapter_config.json").exists() else None
 
     def save(self, data: dict[str, bytes]) -> None:
@@ -193,6 +199,9 @@ class PeftAdapterDataset(AbstractDataset):
         replace_directory(self._path, write)
 
     def _exists(self) -> bool:
+        from rere_pipeline.recsys.backbone import recover_directory
+
+        recover_directory(self._path)
         return self._path.exists()
 
     def _describe(self) -> dict[str, Any]:

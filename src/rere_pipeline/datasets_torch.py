@@ -13,7 +13,7 @@ from typing import Any
 from kedro.io import AbstractDataset
 
 from rere_pipeline.recsys import sasrec
-from rere_pipeline.recsys.backbone import replace_directory
+from rere_pipeline.recsys.backbone import recover_directory, replace_directory
 
 
 class SASRecDataset(AbstractDataset[sasrec.SASRec, sasrec.SASRec]):
@@ -24,6 +24,7 @@ class SASRecDataset(AbstractDataset[sasrec.SASRec, sasrec.SASRec]):
         self.metadata = metadata
 
     def load(self) -> sasrec.SASRec:
+        recover_directory(self._path)  # a save stopped mid-swap left the model aside
         return sasrec.load_sasrec(self._path)
 
     def save(self, data: sasrec.SASRec) -> None:
@@ -31,6 +32,7 @@ class SASRecDataset(AbstractDataset[sasrec.SASRec, sasrec.SASRec]):
         replace_directory(self._path, lambda staging: sasrec.save_sasrec(data, staging))
 
     def _exists(self) -> bool:
+        recover_directory(self._path)
         return (self._path / sasrec.WEIGHTS_FILE).is_file() and (
             self._path / sasrec.CONFIG_FILE
         ).is_file()

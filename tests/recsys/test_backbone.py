@@ -73,6 +73,16 @@ def test_a_failed_save_leaves_the_previous_model(tiny_backbone, tmp_path, monkey
     assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
 
 
+def test_a_model_a_save_left_aside_between_its_two_renames_still_loads(tiny_backbone, tmp_path):
+    dataset = HFModelDataset(path=str(tmp_path / "m"))
+    dataset.save(tiny_backbone)
+    (tmp_path / "m").rename(tmp_path / "m.previous")  # stopped before the new one moved in
+    assert dataset.exists()  # so a run does not see it missing and retrain it
+    loaded = dataset.load()
+    assert loaded.model.config.hidden_size == tiny_backbone.model.config.hidden_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
 def test_a_save_stopped_between_its_two_renames_is_recovered_by_the_next(tmp_path):
     def writing(content: bytes, fail: bool = False):
         def write(staging: Path) -> None:

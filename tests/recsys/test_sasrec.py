@@ -113,6 +113,8 @@ def test_a_failed_save_leaves_the_previous_model(trained, tmp_path, monkeypatch)
         dataset.save(model)
     assert {f.name: f.read_bytes() for f in (tmp_path / "sasrec").iterdir()} == before
     assert dataset.load().config == model.config
+    (tmp_path / "sasrec").rename(tmp_path / "sasrec.previous")  # a save stopped mid-swap
+    assert dataset.exists() and dataset.load().config == model.config
 
 
 def test_training_is_seeded():

@@ -168,8 +168,7 @@ def replace_directory(path: Path, write) -> None:
 
     staging = path.with_name(path.name + ".saving")
     previous = path.with_name(path.name + ".previous")
-    if not path.exists() and previous.is_dir():  # a swap stopped between its two renames
-        previous.rename(path)
+    recover_directory(path)
     remove(staging)
     write(staging)
     remove(previous)
@@ -177,6 +176,15 @@ def replace_directory(path: Path, write) -> None:
         path.rename(previous)
     staging.rename(path)
     remove(previous)
+
+
+def recover_directory(path: Path) -> None:
+    """Put back the directory a ``replace_directory`` stopped between its two renames had
+    moved aside (``<path>.previous``), so that it loads again; nothing to do otherwise."""
+    path = Path(path)
+    previous = path.with_name(path.name + ".previous")
+    if not path.exists() and previous.is_dir():
+        previous.rename(path)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
