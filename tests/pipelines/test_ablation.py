@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import torch
 
 from helpers import project_config
 from rere_pipeline.pipelines.ablation import nodes as ablation
 from rere_pipeline.pipelines.rere.nodes import check_params
+from rere_pipeline.recsys.backbone import Backbone
 
 
 @pytest.mark.parametrize(
@@ -96,3 +98,62 @@ def test_the_table_shows_a_spread_only_over_several_seeds():
     table = ablation.ablation_table(results, [10])
     assert "| sft | 1 | 0.5000 | 0.2500 |" in table
     assert "| rere | 2 | 0.5000 ± 0.3536 | 0.2500 ± 0.1768 |" in table
+
+
+def test_a_stopped_ablation_reuses_the_rows_it_finished_and_trains_the_rest(monkeypatch, tmp_path):
+    trained, stop_at = [], [3]
+
+    def reinforce(sft_model, *args, **kwargs):
+        params = args[6]
+        if len(trained) + 1 == stop_at[0]:
+            raise KeyboardInterrupt  # stopped while training this arm
+        trained.append((params["output_dir"], params["seed"]))
+        return sft_model, {}, None
+
+    def evaluate_lm(arm, *args, **kwargs):
+        return {arm: {"test": {"rows": 4, "HR@10": 0.5, "NDCG@10": 0.1 * len(trained)}}}, None
+
+    monkeypatch.setattr(ablation, "reinforce", reinforce)
+    monkeypatch.setattr(ablation, "evaluate_lm", evaluate_lm)
+    model = Backbone(None, torch.nn.Linear(2, 2))
+    frame = pd.DataFrame({"input_ids": [[1, 2], [3]]})
+    params = {
+        "seeds": [0, 1],
+        "arm_set": "mine",
+        "arm_sets": {"mine": {"sft": None, "a": {}, "b": {"beta": 0.1}}},
+        "progress_dir": str(tmp_path / "progress"),
+    }
+    rere_params = {"output_dir": "ckpt", "rewards": {"rule": 1.0}}
+
+    def run(**changes):
+        inputs = [model, model, frame, frame, frame, frame, None, frame]
+        return ablation.run_ablation(*inputs, rere_params, {**params, **changes}, {"ks": [10]}, {})
+
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    assert trained == [("ckpt_a_0", 0), ("ckpt_a_1", 1)]  # then stopped in b, seed 0
+    assert sorted(p.name for p in (tmp_path / "progress/mine").iterdir()) == [
+        "a_0.json",
+        "a_1.json",
+        "sft_0.json",
+    ]
+    stop_at[0] = None
+    results, _ = run()
+    assert trained == [("ckpt_a_0", 0), ("ckpt_a_1", 1), ("ckpt_b_0", 0), ("ckpt_b_1", 1)]
+    # the rows of the first run are its own, not recomputed
+    assert results["NDCG@10"].round(2).tolist() == [0.0, 0.1, 0.2, 0.3, 0.4]
+    assert not (tmp_path / "progress/mine").exists()  # done: the next run trains every arm
+
+    trained.clear()
+    stop_at[0] = 2
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    stop_at[0] = None
+    run(budget={"max_steps": 7})  # other parameters: nothing kept is reused
+    assert trained == [
+        ("ckpt_a_0", 0),
+        ("ckpt_a_0", 0),
+        ("ckpt_a_1", 1),
+        ("ckpt_b_0", 0),
+        ("ckpt_b_1", 1),
+    ]

@@ -97,3 +97,5 @@ def test_ablation_trains_every_arm_per_seed_and_writes_one_table(full_run):
     for arm in arms:
         assert f"| {arm} | " in table
     assert "| rere_rule | 2 |" in table and "±" in table
+    # the finished rows an interrupted run would reuse are gone with the table written
+    assert not (project / "data/07_model_output/ablation_progress/paper").exists()

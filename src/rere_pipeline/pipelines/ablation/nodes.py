@@ -3,18 +3,27 @@
 Every arm starts from the same SFT model and trains on the same rows with the same RL budget
 (``parameters_rere.yml`` with the arm's overrides), once per seed; each result is scored on
 the official test split. The SFT arm is deterministic and is scored once.
+
+An ablation takes hours, so each finished (arm, seed) row is kept in ``ablation.progress_dir``
+until the whole table is done: a run stopped midway and started again with the same inputs
+and parameters reuses those rows, and the arm that was training resumes from its checkpoints.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import logging
+import shutil
 import statistics
+from pathlib import Path
 
 import pandas as pd
 
 from rere_pipeline.pipelines.evaluate.nodes import evaluate_lm
 from rere_pipeline.pipelines.rere.nodes import check_params, reinforce
-from rere_pipeline.recsys.backbone import Backbone
+from rere_pipeline.recsys.backbone import Backbone, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +48,21 @@ def run_ablation(
     for _, _, arm_params in runs:  # a mistyped arm fails now, not after the arms before it
         if arm_params is not None:
             check_params(arm_params)
+    progress = Progress(
+        Path(params["progress_dir"]) / params["arm_set"],
+        inputs_digest(
+            [sft_model, backbone, sasrec_model],
+            [catalogue, prompts_train, train, prompts_valid, prompts_test],
+            {"evaluate": evaluate_params, "prompts": prompt_params},
+        ),
+        resume=bool(params.get("resume", True)),
+    )
     rows, rows_cache = [], {}  # every arm of a seed trains on the same (filtered) rows
     for arm, seed, arm_params in runs:
+        done = progress.row(arm, seed, arm_params)
+        if done is not None:
+            rows.append(done)
+            continue
         if arm_params is None:  # the SFT model itself
             model = sft_model
         else:
@@ -61,8 +83,65 @@ def run_ablation(
             arm, model, catalogue, evaluate_params, prompt_params, test=prompts_test
         )
         rows.append({"arm": arm, "seed": seed, **report[arm]["test"]})
+        progress.keep(arm, seed, arm_params, rows[-1])
     results = pd.DataFrame(rows)
-    return results, ablation_table(results, [int(k) for k in evaluate_params["ks"]])
+    table = ablation_table(results, [int(k) for k in evaluate_params["ks"]])
+    progress.clear()  # the whole table is done: a new run trains every arm again
+    return results, table
+
+
+def inputs_digest(models: list, frames: list[pd.DataFrame], params: dict) -> str:
+    """SHA-256 of the models' weights, the frames' contents and the parameters: a row kept by
+    an earlier run is reused only when all of them are what it was computed from."""
+    digest = hashlib.sha256()
+    for model in models:
+        module = getattr(model, "model", model)  # a Backbone's LM, or SASRec itself
+        digest.update((weights_digest(module) if module is not None else "none").encode())
+    for frame in frames:
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer)  # list cells (token ids, histories) included
+        digest.update(hashlib.sha256(buffer.getvalue()).digest())
+    digest.update(json.dumps(params, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+class Progress:
+    """The finished (arm, seed) rows of an unfinished ablation, one JSON file each, stamped
+    with the inputs' digest and the arm's parameters."""
+
+    def __init__(self, folder: Path, digest: str, resume: bool = True):
+        self.folder, self.digest = folder, digest
+        if not resume:
+            self.clear()
+
+    def _stamp(self, params: dict | None) -> str:
+        return hashlib.sha256(
+            json.dumps([self.digest, params], sort_keys=True, default=str).encode()
+        ).hexdigest()
+
+    def _file(self, arm: str, seed: int) -> Path:
+        return self.folder / f"{arm}_{seed}.json"
+
+    def row(self, arm: str, seed: int, params: dict | None) -> dict | None:
+        """The row an earlier run of these very inputs and parameters finished, if any."""
+        path = self._file(arm, seed)
+        if not path.is_file():
+            return None
+        kept = json.loads(path.read_text())
+        if kept.get("stamp") != self._stamp(params):
+            log.info("ablation: %s was computed from other inputs or parameters: run again", path)
+            return None
+        log.info("ablation arm %s, seed %d: finished by an earlier run (%s)", arm, seed, path)
+        return kept["row"]
+
+    def keep(self, arm: str, seed: int, params: dict | None, row: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        staging = self._file(arm, seed).with_suffix(".tmp")
+        staging.write_text(json.dumps({"stamp": self._stamp(params), "row": row}, default=float))
+        staging.replace(self._file(arm, seed))
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def arm_runs(rere_params: dict, params: dict) -> list[tuple[str, int, dict | None]]:
