@@ -114,6 +114,11 @@ def test_every_k_the_reports_read_is_scored():
     for message, change in bad.items():
         with pytest.raises(ValueError, match=message):
             check_ranking_depth({**good, "evaluate": {**good["evaluate"], **change}})
+    unset = {"baselines": {"sasrec": {"eval": {"predictions_k": 30}}}}  # scored at DEFAULT_KS
+    with pytest.raises(ValueError, match="baselines.sasrec.eval.ks lacks \\[30\\]"):
+        check_ranking_depth(
+            {**unset, "evaluate": {**good["evaluate"], "ks": [1, 10, 30], "beam_width": 30}}
+        )
     small = {"baselines": {"sasrec": {"eval": {**sasrec, "predictions_k": 5}}}}
     with pytest.raises(ValueError, match="compare.k: K = 10 is above .*predictions_k = 5"):
         check_ranking_depth({**good, **small})

@@ -279,7 +279,9 @@ def validate_new_files(
 
 def _event_keys(events: pd.DataFrame) -> list[tuple]:
     """Each event's ``sequences.EVENT_KEY`` as a tuple, in the types ``events_from_log`` gives."""
-    keys = events[sequences.EVENT_KEY].astype({"user_id": str, "timestamp": int, "item_id": int})
+    keys = events[sequences.EVENT_KEY].astype(
+        {"user_id": str, "timestamp": "int64", "item_id": "int64"}
+    )
     return list(keys.itertuples(index=False, name=None))
 
 

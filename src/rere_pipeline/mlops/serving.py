@@ -72,6 +72,15 @@ def bad_request(message: str) -> MlflowException:
     return MlflowException.invalid_parameter_value(message)
 
 
+def k_problem(k: int, recommender: CatalogueRecommender) -> str | None:
+    """Why ``k`` items cannot be recommended from this catalogue (None: they can): the beam
+    search, at least ``k`` wide, ranks each distinct title once."""
+    titles = len(recommender.trie.sequences)
+    if not 1 <= k <= titles:
+        return f"k must be between 1 and {titles} (the catalogue's titles), got {k}"
+    return None
+
+
 class RecommenderModel(mlflow.pyfunc.PythonModel):
     """``predict(frame of histories) -> frame of top-K item ids, titles and scores``.
 
@@ -104,9 +113,8 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
     ) -> pd.DataFrame:
         k = (params or {}).get("k")
         k = self.k if k is None else int(k)
-        items = len(self.recommender.trie.sequences)  # the beam search's width is at least k
-        if not 1 <= k <= items:
-            raise bad_request(f"k must be between 1 and {items} (the catalogue's titles), got {k}")
+        if problem := k_problem(k, self.recommender):
+            raise bad_request(problem)
         if not {"history_item_ids", "history_titles"} & set(model_input.columns):
             # MLflow drops columns the signature does not know: a misspelt name arrives as none
             raise bad_request(
@@ -166,9 +174,8 @@ def log_recommender(
     from rere_pipeline import __version__
 
     recommender = CatalogueRecommender(backbone.tokenizer, backbone.model, catalogue, template)
-    titles = len(recommender.trie.sequences)
-    if not 1 <= k <= titles:  # every request without its own k would be refused
-        raise ValueError(f"k must be between 1 and {titles} (the catalogue's titles), got {k}")
+    if problem := k_problem(k, recommender):  # every request without its own k would fail
+        raise ValueError(problem)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         paths = {name: str(folder / file) for name, file in ARTIFACTS.items()}

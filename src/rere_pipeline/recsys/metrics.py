@@ -65,7 +65,7 @@ def check_reported_ks(params: dict) -> None:
             f"valid NDCG@{VALID_K}"
         )
     sasrec = ((params.get("baselines") or {}).get("sasrec") or {}).get("eval") or {}
-    missing = sorted(set(ks) - {int(k) for k in sasrec.get("ks", ks)})
+    missing = sorted(set(ks) - {int(k) for k in sasrec.get("ks", DEFAULT_KS)})  # as it scores
     if missing:
         raise ValueError(
             f"baselines.sasrec.eval.ks lacks {missing} of evaluate.ks {ks}: the evaluation "

@@ -5,8 +5,10 @@ Every arm starts from the same SFT model and trains on the same rows with the sa
 the official test split. The SFT arm is deterministic and is scored once.
 
 An ablation takes hours, so each finished (arm, seed) row is kept in ``ablation.progress_dir``
-until the whole table is done: a run stopped midway and started again with the same inputs
-and parameters reuses those rows, and the arm that was training resumes from its checkpoints.
+until the table is saved (``clear_progress``, the node after): a run stopped midway and
+started again with the same inputs and parameters reuses those rows, and the arm that was
+training resumes from its checkpoints. The stamp covers inputs and parameters, not code: after
+changing the code, run with ``ablation.resume: false``.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def run_ablation(
         if arm_params is not None:
             check_params(arm_params)
     progress = Progress(
-        Path(params["progress_dir"]) / params["arm_set"],
+        progress_folder(params),
         inputs_digest(
             [sft_model, backbone, sasrec_model],
             [catalogue, prompts_train, train, prompts_valid, prompts_test],
@@ -85,9 +87,17 @@ def run_ablation(
         rows.append({"arm": arm, "seed": seed, **report[arm]["test"]})
         progress.keep(arm, seed, arm_params, rows[-1])
     results = pd.DataFrame(rows)
-    table = ablation_table(results, [int(k) for k in evaluate_params["ks"]])
-    progress.clear()  # the whole table is done: a new run trains every arm again
-    return results, table
+    return results, ablation_table(results, [int(k) for k in evaluate_params["ks"]])
+
+
+def clear_progress(results: pd.DataFrame, table: str, params: dict) -> None:
+    """Once the table is saved (its inputs are the saved outputs): remove the kept rows, so
+    that the next ablation trains every arm again."""
+    shutil.rmtree(progress_folder(params), ignore_errors=True)
+
+
+def progress_folder(params: dict) -> Path:
+    return Path(params["progress_dir"]) / params["arm_set"]
 
 
 def inputs_digest(models: list, frames: list[pd.DataFrame], params: dict) -> str:
@@ -112,7 +122,7 @@ class Progress:
     def __init__(self, folder: Path, digest: str, resume: bool = True):
         self.folder, self.digest = folder, digest
         if not resume:
-            self.clear()
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _stamp(self, params: dict | None) -> str:
         return hashlib.sha256(
@@ -127,7 +137,10 @@ class Progress:
         path = self._file(arm, seed)
         if not path.is_file():
             return None
-        kept = json.loads(path.read_text())
+        try:
+            kept = json.loads(path.read_text())
+        except ValueError:  # cut short while written
+            kept = {}
         if kept.get("stamp") != self._stamp(params):
             log.info("ablation: %s was computed from other inputs or parameters: run again", path)
             return None
@@ -139,9 +152,6 @@ class Progress:
         staging = self._file(arm, seed).with_suffix(".tmp")
         staging.write_text(json.dumps({"stamp": self._stamp(params), "row": row}, default=float))
         staging.replace(self._file(arm, seed))
-
-    def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def arm_runs(rere_params: dict, params: dict) -> list[tuple[str, int, dict | None]]:

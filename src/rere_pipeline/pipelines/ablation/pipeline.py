@@ -4,7 +4,7 @@ from kedro.pipeline import Node, Pipeline
 
 from rere_pipeline.pipelines.rere.pipeline import RERE_INPUTS
 
-from .nodes import run_ablation
+from .nodes import clear_progress, run_ablation
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -22,7 +22,13 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 ["ablation_results", "ablation_table"],
                 name="run_ablation",
-            )
+            ),
+            Node(
+                clear_progress,
+                ["ablation_results", "ablation_table", "params:ablation"],
+                None,
+                name="clear_ablation_progress",
+            ),
         ],
         tags="ablation",
     )
