@@ -104,7 +104,11 @@ def main() -> None:
         print(f"same groups as HF: {same(hf, ours)}/{n} (batch {args.hf_batch})")
 
     first_s, first_groups = None, None
-    print(header + f"{'vs batch ' + str(args.our_batch[0]):>14}")
+    print(
+        header
+        + f"{'vs batch ' + str(args.our_batch[0]):>14}"
+        + ("" if hf_s is None else f"{'vs HF':>8}")
+    )
     for batch in args.our_batch:
         runs = []
         for _ in range(args.repeats):
@@ -116,7 +120,7 @@ def main() -> None:
         first_groups = first_groups or groups
         print(
             f"{'ours (batch ' + str(batch) + ')':<44}{n / seconds:>10.2f}{seconds / n:>10.3f}"
-            f"{first_s / seconds:>13.2f}x"
+            f"{first_s / seconds:>13.2f}x" + ("" if hf_s is None else f"{hf_s / seconds:>7.2f}x")
         )
         total = sum(timings.seconds.values())
         print(

@@ -143,6 +143,45 @@ def test_attention_the_shared_prompt_cache_cannot_serve_is_refused():
             shared_prefix_attention(*call, beam_cache=SimpleNamespace(layers=[layer]), **extra)
 
 
+@pytest.mark.parametrize(
+    ("family", "extra", "shared"),
+    [
+        ("Llama", {}, True),
+        ("Mistral", {"sliding_window": None}, True),
+        ("Mistral", {}, False),  # its default sliding window: transformers' generate decodes
+    ],
+    ids=["llama", "mistral", "mistral-sliding-window"],
+)
+def test_other_model_families_decode_too(recommender, histories, family, extra, shared):
+    """Any local causal LM must decode: Llama-style models build their mask with
+    ``create_causal_mask`` alone, which takes a ready 4D mask but no per-layer-type dict."""
+    import transformers
+
+    torch.manual_seed(0)
+    eos = recommender.trie.eos_token_id
+    config = getattr(transformers, f"{family}Config")(
+        vocab_size=len(recommender.tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        initializer_range=0.5,
+        pad_token_id=eos,
+        eos_token_id=eos,
+        bos_token_id=eos,
+        **extra,
+    )
+    model = getattr(transformers, f"{family}ForCausalLM")(config).eval()
+    prompts = recommender.prompt_ids(histories[:4])
+    ours = constrained_beam_search(model, prompts, recommender.trie, 4, batch_size=3)
+    assert (model not in decoding._PLAIN_DECODING) == shared  # the shared prompt cache served it
+    theirs = hf_constrained_beam_search(model, prompts, recommender.trie, 4, batch_size=2)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.items == b.items and len(a.items) == 4
+        assert a.scores == pytest.approx(b.scores, rel=1e-4, abs=1e-3)
+
+
 def test_a_soft_capped_model_is_decoded_by_transformers_generate(
     recommender, histories, caplog, monkeypatch
 ):

@@ -441,7 +441,8 @@ def _search_batch(
         with _attention(model, SHARED_PREFIX_ATTENTION):
             out = model(
                 input_ids=run_token.reshape(-1, 1),
-                attention_mask={"full_attention": prompt_bias},
+                # a ready 4D mask: every model's mask builder passes it through as it is
+                attention_mask=prompt_bias,
                 position_ids=positions[:, None],
                 past_key_values=cache,
                 use_cache=True,
