@@ -20,6 +20,7 @@ import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets.pandas import CSVDataset
 
+from rere_pipeline.atomic import recover_directory, replace_directory
 from rere_pipeline.interrupts import RunInterrupted
 
 # the pandas.read_csv arguments that csv_record_lines follows; with any other (skiprows,
@@ -160,8 +161,6 @@ class HFModelDataset(AbstractDataset):
         save_backbone(data, self._path)
 
     def _exists(self) -> bool:
-        from rere_pipeline.recsys.backbone import recover_directory
-
         recover_directory(self._path)  # a save stopped mid-swap left the model aside
         return (self._path / "config.json").exists()
 
@@ -183,14 +182,10 @@ class PeftAdapterDataset(AbstractDataset):
         self.metadata = metadata
 
     def load(self) -> Path | None:
-        from rere_pipeline.recsys.backbone import recover_directory
-
         recover_directory(self._path)
         return self._path if (self._path / "adapter_config.json").exists() else None
 
     def save(self, data: dict[str, bytes]) -> None:
-        from rere_pipeline.recsys.backbone import replace_directory
-
         def write(staging: Path) -> None:
             staging.mkdir(parents=True)
             for name, content in data.items():
@@ -199,8 +194,6 @@ class PeftAdapterDataset(AbstractDataset):
         replace_directory(self._path, write)
 
     def _exists(self) -> bool:
-        from rere_pipeline.recsys.backbone import recover_directory
-
         recover_directory(self._path)
         return self._path.exists()
 

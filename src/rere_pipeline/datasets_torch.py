@@ -12,8 +12,8 @@ from typing import Any
 
 from kedro.io import AbstractDataset
 
+from rere_pipeline.atomic import recover_directory, replace_directory
 from rere_pipeline.recsys import sasrec
-from rere_pipeline.recsys.backbone import recover_directory, replace_directory
 
 
 class SASRecDataset(AbstractDataset[sasrec.SASRec, sasrec.SASRec]):

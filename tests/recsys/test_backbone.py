@@ -9,9 +9,10 @@ import pytest
 import torch
 from kedro.io import DatasetError
 
+from rere_pipeline.atomic import replace_directory
 from rere_pipeline.datasets import HFModelDataset
 from rere_pipeline.pipelines.backbone.nodes import make_backbone
-from rere_pipeline.recsys.backbone import Backbone, replace_directory
+from rere_pipeline.recsys.backbone import Backbone
 
 
 def test_saved_directory_is_a_plain_qwen2_checkpoint(tiny_backbone, tmp_path):

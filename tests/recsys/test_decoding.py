@@ -143,6 +143,29 @@ def test_attention_the_shared_prompt_cache_cannot_serve_is_refused():
             shared_prefix_attention(*call, beam_cache=SimpleNamespace(layers=[layer]), **extra)
 
 
+def _tiny_lm(recommender, family: str, **config):
+    """A seeded, randomly initialised 2-layer ``<family>ForCausalLM`` of transformers, on the
+    recommender's vocabulary, peaky (large init range) so that beam scores are well apart."""
+    import transformers
+
+    torch.manual_seed(0)
+    eos = recommender.trie.eos_token_id
+    settings = {
+        "vocab_size": len(recommender.tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "initializer_range": 0.5,
+        "pad_token_id": eos,
+        "eos_token_id": eos,
+        "bos_token_id": eos,
+    }
+    made = getattr(transformers, f"{family}Config")(**{**settings, **config})
+    return getattr(transformers, f"{family}ForCausalLM")(made).eval()
+
+
 @pytest.mark.parametrize(
     ("family", "extra", "shared"),
     [
@@ -155,24 +178,7 @@ def test_attention_the_shared_prompt_cache_cannot_serve_is_refused():
 def test_other_model_families_decode_too(recommender, histories, family, extra, shared):
     """Any local causal LM must decode: Llama-style models build their mask with
     ``create_causal_mask`` alone, which takes a ready 4D mask but no per-layer-type dict."""
-    import transformers
-
-    torch.manual_seed(0)
-    eos = recommender.trie.eos_token_id
-    config = getattr(transformers, f"{family}Config")(
-        vocab_size=len(recommender.tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        initializer_range=0.5,
-        pad_token_id=eos,
-        eos_token_id=eos,
-        bos_token_id=eos,
-        **extra,
-    )
-    model = getattr(transformers, f"{family}ForCausalLM")(config).eval()
+    model = _tiny_lm(recommender, family, **extra)
     prompts = recommender.prompt_ids(histories[:4])
     ours = constrained_beam_search(model, prompts, recommender.trie, 4, batch_size=3)
     assert (model not in decoding._PLAIN_DECODING) == shared  # the shared prompt cache served it
@@ -187,27 +193,14 @@ def test_a_soft_capped_model_is_decoded_by_transformers_generate(
 ):
     """Gemma 2 soft-caps its attention logits: the shared prompt cache would decode it
     wrongly, so the search falls back to ``model.generate`` and gives its groups."""
-    from transformers import Gemma2Config, Gemma2ForCausalLM
-
-    torch.manual_seed(0)
-    tokenizer = recommender.tokenizer
-    config = Gemma2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
+    model = _tiny_lm(
+        recommender,
+        "Gemma2",
         head_dim=16,
         layer_types=["full_attention", "full_attention"],
         attn_logit_softcapping=2.0,
         final_logit_softcapping=None,
-        initializer_range=0.5,
-        pad_token_id=recommender.trie.eos_token_id,
-        eos_token_id=recommender.trie.eos_token_id,
-        bos_token_id=recommender.trie.eos_token_id,
     )
-    model = Gemma2ForCausalLM(config).eval()
     prompts = recommender.prompt_ids(histories[:4])
     with caplog.at_level("WARNING", logger="rere_pipeline.recsys.decoding"):
         ours = constrained_beam_search(model, prompts, recommender.trie, 4, batch_size=3)

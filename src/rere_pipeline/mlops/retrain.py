@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +27,7 @@ import filelock
 import pandas as pd
 
 from rere_pipeline import validation
+from rere_pipeline.atomic import replace_file
 from rere_pipeline.datasets import csv_record_lines
 from rere_pipeline.interrupts import RunInterrupted
 from rere_pipeline.recsys import sequences
@@ -147,13 +147,19 @@ class EventStore:
             self._write(base, seed_events)
             log.info("event store started at %s with %d seed events", self.root, len(seed_events))
 
-    def events(self, extra: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
-        """Every stored event (plus ``extra`` batches), deduplicated and ordered per user."""
-        frames = [pd.read_parquet(self.root / "base.parquet")]
-        frames += [pd.read_parquet(p) for p in sorted((self.root / "batches").glob("*.parquet"))]
-        frames += list((extra or {}).values())
-        combined = pd.concat(frames, ignore_index=True)
-        return sequences.events_from_log(combined[["user_id", "item_id", "timestamp", "rating"]])
+    def events(
+        self, extra: dict[str, pd.DataFrame] | None = None, stored: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
+        """Every stored event (plus ``extra`` batches), deduplicated and ordered per user.
+        ``stored``: what ``events()`` returned before, so the store is not read again (a stored
+        event still comes first, before an equal one of ``extra``, and ties keep their order)."""
+        if stored is None:
+            frames = [pd.read_parquet(self.root / "base.parquet")]
+            frames += [
+                pd.read_parquet(p) for p in sorted((self.root / "batches").glob("*.parquet"))
+            ]
+            stored = _as_events(frames)
+        return _as_events([stored, *(extra or {}).values()]) if extra else stored
 
     def catalogue(
         self, seed: pd.DataFrame, extra: dict[str, pd.DataFrame] | None = None
@@ -189,17 +195,11 @@ class EventStore:
 
     @staticmethod
     def _write(path: Path, frame: pd.DataFrame) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{path.name}.tmp")
-        frame.to_parquet(staging, index=False)
-        os.replace(staging, path)
+        replace_file(path, lambda staging: frame.to_parquet(staging, index=False))
 
     @staticmethod
     def _write_text(path: Path, text: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{path.name}.tmp")
-        staging.write_text(text)
-        os.replace(staging, path)
+        replace_file(path, lambda staging: staging.write_text(text))
 
 
 def validate_new_files(
@@ -275,6 +275,11 @@ def validate_new_files(
         raise unreadable[0]
     validation.raise_if_fatal(validation.combined_report(outcomes, limits))
     return batch
+
+
+def _as_events(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    combined = pd.concat(frames, ignore_index=True)
+    return sequences.events_from_log(combined[["user_id", "item_id", "timestamp", "rating"]])
 
 
 def _event_keys(events: pd.DataFrame) -> list[tuple]:

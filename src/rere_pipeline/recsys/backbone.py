@@ -25,6 +25,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from rere_pipeline.atomic import replace_directory
+
 log = logging.getLogger(__name__)
 
 EOS = "<|endoftext|>"
@@ -153,38 +155,6 @@ def save_backbone(backbone: Backbone, path: str | Path) -> None:
         backbone.tokenizer.save_pretrained(staging)
 
     replace_directory(Path(path), write)
-
-
-def replace_directory(path: Path, write) -> None:
-    """Have ``write(staging)`` fill a new directory, then swap it in for ``path``: a failed
-    write leaves whatever was at ``path`` untouched."""
-    import shutil
-
-    def remove(leftover: Path) -> None:  # a folder, or a file in the way
-        if leftover.is_dir() and not leftover.is_symlink():
-            shutil.rmtree(leftover)
-        else:
-            leftover.unlink(missing_ok=True)
-
-    staging = path.with_name(path.name + ".saving")
-    previous = path.with_name(path.name + ".previous")
-    recover_directory(path)
-    remove(staging)
-    write(staging)
-    remove(previous)
-    if path.exists():
-        path.rename(previous)
-    staging.rename(path)
-    remove(previous)
-
-
-def recover_directory(path: Path) -> None:
-    """Put back the directory a ``replace_directory`` stopped between its two renames had
-    moved aside (``<path>.previous``), so that it loads again; nothing to do otherwise."""
-    path = Path(path)
-    previous = path.with_name(path.name + ".previous")
-    if not path.exists() and previous.is_dir():
-        previous.rename(path)
 
 
 def weights_digest(model: torch.nn.Module) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rere_pipeline.atomic import replace_file
 from rere_pipeline.pipelines.evaluate.nodes import evaluate_lm
 from rere_pipeline.pipelines.rere.nodes import check_params, reinforce
 from rere_pipeline.recsys.backbone import Backbone, weights_digest
@@ -148,10 +149,8 @@ class Progress:
         return kept["row"]
 
     def keep(self, arm: str, seed: int, params: dict | None, row: dict) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        staging = self._file(arm, seed).with_suffix(".tmp")
-        staging.write_text(json.dumps({"stamp": self._stamp(params), "row": row}, default=float))
-        staging.replace(self._file(arm, seed))
+        text = json.dumps({"stamp": self._stamp(params), "row": row}, default=float)
+        replace_file(self._file(arm, seed), lambda staging: staging.write_text(text))
 
 
 def arm_runs(rere_params: dict, params: dict) -> list[tuple[str, int, dict | None]]:

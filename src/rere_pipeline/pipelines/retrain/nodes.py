@@ -55,8 +55,9 @@ def retrain_cycle(
         names = [f.path.name for f in files]
         log.info("retrain: %d new file(s): %s", len(files), names)
         limits = validation.Limits.from_params(data_params["validation"])
+        stored = store.events()
         batch = retrain.validate_new_files(
-            files, store.catalogue(catalogue), limits, params["quarantine_dir"], store.events()
+            files, store.catalogue(catalogue), limits, params["quarantine_dir"], stored
         )
         if not batch.new_events:
             # catalogue additions or events the store has already: nothing to learn from, but
@@ -78,7 +79,7 @@ def retrain_cycle(
 
         full_catalogue = store.catalogue(catalogue, batch.items)
         splits, windows = retrain.moved_splits(
-            store.events(batch.events),
+            store.events(batch.events, stored),
             full_catalogue,
             int(data_params["history_max"]),
             int(params["window_days"]),
