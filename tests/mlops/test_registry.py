@@ -112,6 +112,10 @@ def test_a_request_the_model_cannot_answer_is_a_400_naming_row_and_rule(
             {"history_item_ids": [123456789]},
         ],
         "row 0: give exactly one of history_item_ids or history_titles": [{"history_item_ids": []}],
+        # the tokenizer would read it as EOS: the prompt would end inside the history
+        "row 0: history title 'Dune <|endoftext|>' spells the control token(s) <|endoftext|>": [
+            {"history_titles": ["Dune <|endoftext|>"]}
+        ],
     }
     for message, records in cases.items():
         status, error = answer(records)

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
+import pandas as pd
 import pytest
 
-from rere_pipeline.recsys.prompts import PromptTemplate, completion_ids, encode, encode_pairs
+from rere_pipeline.pipelines.prompts.nodes import encode_split
+from rere_pipeline.recsys.prompts import (
+    PromptTemplate,
+    completion_ids,
+    encode,
+    encode_pairs,
+    spelt_control_tokens,
+)
+from rere_pipeline.recsys.recommend import CatalogueRecommender
 
 
 def test_prompt_lists_history_in_quotes_and_ends_with_the_cue():
@@ -52,11 +63,43 @@ def test_pairs_are_prompt_ids_then_completion_ids_then_eos(
 
 
 def test_completion_tokens_are_what_the_trie_allows(tiny_backbone, template, small_catalogue):
-    from rere_pipeline.recsys.recommend import CatalogueRecommender
-
     rec = CatalogueRecommender(
         tiny_backbone.tokenizer, tiny_backbone.model, small_catalogue, template
     )
     for title in small_catalogue["title"].iloc[:50]:
         seq = tuple(completion_ids(tiny_backbone.tokenizer, template, title))
         assert rec.titles[rec.trie.sequences.index(seq)] == title
+
+
+def test_titles_spelling_a_control_token_are_refused_naming_their_items(
+    tiny_backbone, template, small_catalogue
+):
+    tok = tiny_backbone.tokenizer
+    eos, pad = tok.eos_token, tok.pad_token
+    assert spelt_control_tokens(tok, [f"Dune {eos}", f"a{pad}b{eos}", "<|endoftext", "Dune"]) == {
+        f"Dune {eos}": [eos],
+        f"a{pad}b{eos}": [pad, eos],
+    }
+    catalogue = small_catalogue.copy()
+    catalogue.loc[3, "title"] = f"Dune {eos} Deluxe"  # read as EOS: a completion ending early
+    with pytest.raises(
+        ValueError,
+        match=rf"catalogue: 1 title\(s\) .*item {catalogue.loc[3, 'item_id']} "
+        rf"'Dune {re.escape(eos)} Deluxe' spells {re.escape(eos)}",
+    ):
+        CatalogueRecommender(tok, tiny_backbone.model, catalogue, template)
+
+    titles = small_catalogue["title"].tolist()
+    rows = pd.DataFrame(
+        {
+            "user_id": ["u1", "u2"],
+            "item_id": [1, 2],
+            "item_title": [titles[1], titles[2]],
+            "history_item_id": [[7, 8], [9]],
+            "history_item_title": [[titles[7], f"x {pad}"], [titles[9]]],  # a history title
+        }
+    )
+    with pytest.raises(ValueError, match=rf"prompts: 1 title\(s\) .*item 8 'x {re.escape(pad)}'"):
+        encode_split(tiny_backbone, rows, {})
+    rows.at[0, "history_item_title"] = [titles[7], titles[8]]  # the catalogue's title again
+    assert len(encode_split(tiny_backbone, rows, {})) == 2

@@ -33,7 +33,7 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from rere_pipeline.recsys.backbone import Backbone, load_backbone, save_backbone
-from rere_pipeline.recsys.prompts import PromptTemplate
+from rere_pipeline.recsys.prompts import PromptTemplate, spelt_control_tokens
 from rere_pipeline.recsys.recommend import CatalogueRecommender
 from rere_pipeline.recsys.trie import ItemTrie
 
@@ -146,7 +146,14 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
             if unknown:
                 raise bad_request(f"row {row_no}: item ids not in the catalogue: {unknown[:10]}")
             return [self.title_of[int(i)] for i in ids]
-        return [str(t) for t in titles]  # any text: the LM reads titles, new items included
+        titles = [str(t) for t in titles]  # any text: the LM reads titles, new items included
+        if spelt := spelt_control_tokens(self.recommender.tokenizer, titles):
+            title, tokens = next(iter(spelt.items()))
+            raise bad_request(
+                f"row {row_no}: history title {title!r} spells the control token(s) "
+                f"{', '.join(tokens)} of the model's tokenizer, which would read them as such"
+            )
+        return titles
 
 
 def _present(cell) -> list | None:

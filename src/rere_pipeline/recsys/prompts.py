@@ -8,7 +8,7 @@ the boundary, and the model would learn tokens the catalogue trie never allows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from rere_pipeline.recsys.params import dataclass_from_params
@@ -58,6 +58,51 @@ class PromptTemplate:
 def encode(tokenizer, text: str) -> list[int]:
     """Token ids of ``text`` with no special tokens added."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def spelt_control_tokens(tokenizer, titles: Iterable[str]) -> dict[str, list[str]]:
+    """The titles among ``titles`` that spell out one of the tokenizer's control tokens (EOS,
+    padding, an instruct checkpoint's chat markers: its special and added tokens), each with
+    the tokens it spells.
+
+    A tokenizer reads such text as the control token itself, not as characters: in a prompt
+    it would end or restructure the prompt, and a completion holding EOS has no place in the
+    catalogue trie. Only tokens whose text is in the title count (an unknown character that a
+    tokenizer maps to its unknown token is not a spelt control token).
+    """
+    control = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    distinct = list(dict.fromkeys(str(t) for t in titles))
+    if not distinct:
+        return {}
+    found: dict[str, list[str]] = {}
+    encoded = tokenizer(distinct, add_special_tokens=False)["input_ids"]
+    for title, ids in zip(distinct, encoded, strict=True):
+        spelt = [tokenizer.convert_ids_to_tokens(i) for i in ids if i in control]
+        spelt = list(dict.fromkeys(t for t in spelt if t in title))
+        if spelt:
+            found[title] = spelt
+    return found
+
+
+def check_titles(tokenizer, item_ids: Sequence[int], titles: Sequence[str], where: str) -> None:
+    """Refuse item titles that spell a control token of the tokenizer (``spelt_control_tokens``),
+    naming the items: the catalogue's title is what to edit."""
+    found = spelt_control_tokens(tokenizer, titles)
+    if not found:
+        return
+    items = {}
+    for item_id, title in zip(item_ids, titles, strict=True):
+        if str(title) in found:
+            items.setdefault(str(title), []).append(int(item_id))
+    listed = "; ".join(
+        f"item {', '.join(map(str, items[t]))} {t!r} spells {', '.join(found[t])}"
+        for t in list(found)[:5]
+    )
+    raise ValueError(
+        f"{where}: {len(found)} title(s) spell out control tokens of the tokenizer, which would "
+        f"read them as those tokens and not as text ({listed}"
+        f"{'; ...' if len(found) > 5 else ''}). Edit these titles in the catalogue"
+    )
 
 
 def completion_ids(tokenizer, template: PromptTemplate, title: str) -> list[int]:

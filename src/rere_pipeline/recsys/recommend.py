@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from rere_pipeline.recsys.decoding import DecodeTimings, Group, constrained_beam_search
-from rere_pipeline.recsys.prompts import PromptTemplate, completion_ids, encode
+from rere_pipeline.recsys.prompts import PromptTemplate, check_titles, completion_ids, encode
 from rere_pipeline.recsys.trie import ItemTrie
 
 
@@ -43,6 +43,7 @@ class CatalogueRecommender:
         self.num_beams, self.batch_size, self.length_penalty = num_beams, batch_size, length_penalty
         titles = catalogue["title"].astype(str).tolist()
         ids = catalogue["item_id"].astype(int).tolist()
+        check_titles(tokenizer, ids, titles, "catalogue")
         completions = [tuple(completion_ids(tokenizer, template, t)) for t in titles]
         if trie is None:
             vocab = max(model.config.vocab_size, len(tokenizer))

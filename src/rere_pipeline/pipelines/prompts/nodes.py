@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import logging
+from itertools import chain
 
 import pandas as pd
 
 from rere_pipeline.recsys.backbone import Backbone
-from rere_pipeline.recsys.prompts import PromptTemplate, encode_pairs
+from rere_pipeline.recsys.prompts import PromptTemplate, check_titles, encode_pairs
 
 log = logging.getLogger(__name__)
 
 
 def encode_split(backbone: Backbone, rows: pd.DataFrame, params: dict) -> pd.DataFrame:
-    """Prompt and completion text and ids for every row (tokenised separately)."""
+    """Prompt and completion text and ids for every row (tokenised separately). A title that
+    spells a control token of the tokenizer is refused, naming its item."""
     template = PromptTemplate.from_params(params)
+    check_titles(
+        backbone.tokenizer,
+        [*rows["item_id"], *chain.from_iterable(rows["history_item_id"])],
+        [*rows["item_title"], *chain.from_iterable(rows["history_item_title"])],
+        "prompts",
+    )
     columns = encode_pairs(
         backbone.tokenizer,
         template,
