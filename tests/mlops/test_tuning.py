@@ -175,3 +175,63 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     assert sorted(t.number for t in trials) == list(range(8))
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert len({t.params["beta"] for t in trials}) == 8
+
+
+KILLED_WORKER = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from rere_pipeline.mlops import tuning
+
+    def objective(trial):
+        tuning.suggest(trial, {"beta": {"low": 1e-4, "high": 1e-1, "log": True}})
+        trial.set_user_attr(tuning.MLFLOW_RUN_ATTR, sys.argv[2])
+        time.sleep(1.5)  # a heartbeat is on record
+        os.kill(os.getpid(), signal.SIGKILL)  # no handler, no finally: as an OOM kill
+
+    study = tuning.open_study(sys.argv[1], "killed", heartbeat_interval=1)
+    tuning.run_trials(study, objective, n_trials=1)
+    """
+)
+
+
+def test_a_killed_workers_trial_is_failed_with_its_run_and_retried_once(tmp_path, mlflow_store):
+    import time
+
+    import mlflow
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    client = mlflow.MlflowClient()
+    experiment = mlflow.get_experiment_by_name("test").experiment_id
+    runs = [client.create_run(experiment).info.run_id for _ in range(2)]  # RUNNING
+
+    def killed_worker(run_id: str) -> None:
+        worker = subprocess.run(
+            [sys.executable, "-c", KILLED_WORKER, storage, run_id],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert worker.returncode == -9, worker.stderr[-3000:]
+        time.sleep(2.5)  # past the grace period: two heartbeat intervals
+
+    def states(study) -> list[str]:
+        return [t.state.name for t in study.trials]
+
+    killed_worker(runs[0])
+    study = optuna.load_study(study_name="killed", storage=storage)
+    assert states(study) == ["RUNNING"]  # what a SIGKILLed trial stays without a heartbeat
+
+    # the next worker fails trial 0 and its run, then runs its parameters again: killed too
+    killed_worker(runs[1])
+    assert states(study) == ["FAIL", "RUNNING"]
+    assert client.get_run(runs[0]).info.status == "FAILED"
+    first, retried = study.trials
+    assert retried.params == first.params
+    assert retried.system_attrs["retry_history"] == [0]
+
+    # a retried trial killed again is failed but not queued a third time
+    study = tuning.open_study(storage, "killed", heartbeat_interval=1, retry_killed=1)
+    tuning.run_trials(study, lambda trial: tuning.suggest(trial, SPACE)["beta"], n_trials=1)
+    assert states(study) == ["FAIL", "FAIL", "COMPLETE"]
+    assert client.get_run(runs[1]).info.status == "FAILED"
+    assert study.trials[2].params["beta"] != first.params["beta"]  # a new suggestion

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 
 SETUP_ATTR = "setup"  # the study's user attribute: what its trials' scores depend on
+MLFLOW_RUN_ATTR = "mlflow_run_id"  # a trial's user attribute: its nested MLflow run
 
 
 def open_study(
@@ -29,6 +31,8 @@ def open_study(
     sampler_seed: int | None = None,
     n_startup_trials: int = 3,
     pruner_warmup_steps: int = 0,
+    heartbeat_interval: int | None = 60,
+    retry_killed: int = 1,
 ) -> optuna.Study:
     """Create or join the study (TPE sampler, median pruner on intermediate valid NDCG@10).
 
@@ -36,6 +40,12 @@ def open_study(
     first trials), so the default is unseeded. ``setup`` (search space, trial parameters,
     starting model, ...) is recorded when the study is created; joining a study recorded with
     another setup is refused, since its trials' scores would not be comparable.
+
+    A running trial records a heartbeat every ``heartbeat_interval`` seconds (None: none).
+    A trial whose worker was killed (SIGKILL, out of memory, a lost machine) stops beating;
+    the next trial any worker starts, two intervals later, marks it failed along with its
+    MLflow run, and runs its parameters again up to ``retry_killed`` times
+    (``on_killed_trial``). Without a heartbeat such a trial stays RUNNING for ever.
     """
     engine_kwargs = {}
     url = make_url(storage)
@@ -43,8 +53,16 @@ def open_study(
         engine_kwargs = {"connect_args": {"timeout": 60}}
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        rdb = optuna.storages.RDBStorage(
+            storage,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_stale_trial_callback=on_killed_trial(retry_killed),
+        )
     study = optuna.create_study(
-        storage=optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs),
+        storage=rdb,
         study_name=study_name,
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=n_startup_trials),
@@ -56,6 +74,46 @@ def open_study(
     if setup is not None:
         check_setup(study, setup)
     return study
+
+
+def on_killed_trial(retry: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """What happens to a trial Optuna has just failed for its stale heartbeat: its MLflow run
+    (the trial's ``mlflow_run_id``), left RUNNING by the killed worker, is marked FAILED, and
+    its parameters are queued again unless they were already retried ``retry`` times."""
+    with warnings.catch_warnings():  # optuna's heartbeat is experimental; we rely on it knowingly
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        again = (
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retry) if retry > 0 else None
+        )
+
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        tried = len(trial.system_attrs.get("retry_history", [])) + 1
+        log.warning(
+            "trial %d stopped sending heartbeats (its worker was killed): marked failed; %s",
+            trial.number,
+            "its parameters are queued again"
+            if again and tried <= retry
+            else f"not retried (run {tried} time(s), tune.retry_killed is {retry})",
+        )
+        run_id = trial.user_attrs.get(MLFLOW_RUN_ATTR)
+        if run_id:
+            _fail_run(run_id)
+        if again:
+            again(study, trial)
+
+    return callback
+
+
+def _fail_run(run_id: str) -> None:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status="FAILED")
+    except MlflowException as exc:  # e.g. a worker logging to another tracking store
+        log.warning("could not mark the killed trial's MLflow run %s failed: %s", run_id, exc)
 
 
 def _flat(tree, prefix: str = "") -> dict:

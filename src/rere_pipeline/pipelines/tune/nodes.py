@@ -49,6 +49,8 @@ def tune_rere(
         sampler_seed=params.get("sampler_seed"),
         n_startup_trials=int(params.get("n_startup_trials", 3)),
         pruner_warmup_steps=int(params.get("pruner_warmup_steps", 0)),
+        heartbeat_interval=params.get("heartbeat_interval", 60),
+        retry_killed=int(params.get("retry_killed", 1)),
     )
     log.info(
         "study %r in %s: %d trial(s) so far",
@@ -70,11 +72,12 @@ def tune_rere(
             "output_dir": output_dir,
             "resume": False,
         }
-        mlflow.start_run(
+        run = mlflow.start_run(
             run_name=f"trial-{trial.number}",
             nested=True,
             tags={"optuna.study": params["study_name"]},
         )
+        trial.set_user_attr(tuning.MLFLOW_RUN_ATTR, run.info.run_id)  # failed if killed
         mlflow.log_params({"trial": trial.number, **trial.params})
         status = "FAILED"
         try:
