@@ -114,6 +114,29 @@ def test_a_drop_with_nothing_new_is_recorded_without_retraining(tmp_path):
     assert again["status"] == "no-op" and "no new logs" in again["message"]
 
 
+def test_a_fatal_file_fails_one_retrain_then_no_longer_blocks_the_others(tmp_path):
+    """A fatal file used to stay in the drop and fail every scheduled retrain after it."""
+    params = {
+        "store_dir": str(tmp_path / "store"),
+        "lock_file": str(tmp_path / "store/.lock"),
+        "new_logs_dir": str(tmp_path / "new_logs"),
+        "quarantine_dir": str(tmp_path / "quarantine"),
+    }
+    seed = events([("u", 1, 10), ("u", 2, 20)])
+    (tmp_path / "new_logs").mkdir()
+    seed.to_csv(tmp_path / "new_logs/resent.csv", index=False)
+    seed.drop(columns="timestamp").to_csv(tmp_path / "new_logs/no_time.csv", index=False)
+    data_params = {"validation": {"max_bad_fraction": 0.01}}
+    with pytest.raises(validation.DataValidationError, match="no_time.csv: required column"):
+        retrain_cycle(CATALOGUE, seed, params, data_params, *[None] * 5)
+    store = retrain.EventStore(params["store_dir"])
+    assert store.ledger() == []  # nothing recorded: resent.csv waits for the next cycle
+    assert [p.name for p in (tmp_path / "new_logs").iterdir()] == ["resent.csv"]
+    # no model, registry or training parameters: re-sent events only, a no-op cycle
+    report = retrain_cycle(CATALOGUE, seed, params, data_params, *[None] * 5)
+    assert report["status"] == "no-op" and [e["file"] for e in store.ledger()] == ["resent.csv"]
+
+
 def test_bad_rows_are_quarantined_and_a_fatal_file_stops_everything(tmp_path):
     drop, quarantine_dir = tmp_path / "new_logs", tmp_path / "quarantine"
     drop.mkdir()
@@ -129,8 +152,15 @@ def test_bad_rows_are_quarantined_and_a_fatal_file_stops_everything(tmp_path):
     assert pd.read_csv(quarantine_dir / f"{name}.csv")["item_id"].tolist() == [77]
 
     pd.DataFrame({"user_id": ["u"], "item_id": ["1"]}).to_csv(drop / "b.csv", index=False)
+    [b] = _new(drop / "b.csv")
     with pytest.raises(validation.DataValidationError, match="b.csv: required column 'timestamp'"):
-        retrain.validate_new_files(_new(drop / "b.csv"), CATALOGUE, limits, quarantine_dir)
+        retrain.validate_new_files([b], CATALOGUE, limits, quarantine_dir)
+    # moved out of the drop with its error beside it: the next retrain does not fail on it
+    rejected = quarantine_dir / f"rejected/b-{b.sha256[:8]}.csv"
+    assert not b.path.exists() and retrain.sha256(rejected) == b.sha256
+    error = rejected.with_name(f"{rejected.name}.error.txt").read_text()
+    assert "b.csv: required column 'timestamp' is missing" in error
+    assert (drop / "a.csv").exists()
 
 
 def test_a_quarantined_row_names_its_line_past_blank_lines(tmp_path):
@@ -203,6 +233,8 @@ def test_an_unreadable_file_still_leaves_the_batchs_bad_rows_in_the_quarantine(t
         retrain.validate_new_files(files, CATALOGUE, limits, quarantine_dir)
     [written] = quarantine_dir.glob("a-*.csv")
     assert pd.read_csv(written)["item_id"].tolist() == [77]
+    assert sorted(p.name for p in drop.iterdir()) == ["a.csv"]  # only the fatal file moved
+    assert len(list((quarantine_dir / "rejected").glob("b-*.parquet"))) == 1
 
 
 def test_a_parquet_integer_column_stored_as_float_for_its_nulls_reads_as_integers(tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -214,7 +215,9 @@ def validate_new_files(
     Bad rows go to the batch's quarantine with the rules they broke, written to
     ``quarantine_dir`` (one CSV per file) before anything can stop the cycle; a file that is
     fatal (missing column, too many bad rows, unreadable) then stops everything with that file
-    named. A catalogue row whose ``item_id`` is already known under another title is
+    named, and is moved out of the drop into ``quarantine_dir/rejected/`` with its error
+    beside it (``reject_files``): the next retrain goes on with the other files instead of
+    failing on it again. A catalogue row whose ``item_id`` is already known under another title is
     quarantined (rule ``item_id.known_title``): ids are never re-titled by a log drop.
 
     An event already in ``stored`` (the store's events) or in an earlier file of the batch is
@@ -224,13 +227,13 @@ def validate_new_files(
     batch = Batch()
     known = catalogue[["item_id", "title"]]
     seen = set(_event_keys(stored)) if stored is not None else set()
-    outcomes, unreadable = [], []
+    outcomes, fatal = [], {}
     for new in files:
         path, digest = new.path, new.sha256
         try:
             raw = read_log(path)
         except validation.DataValidationError as exc:
-            unreadable.append(exc)  # the other files are still checked, their bad rows kept
+            fatal[new] = [str(exc)]  # the other files are still checked, their bad rows kept
             continue
         name = f"{path.name.split('.')[0]}-{digest[:8]}"
         if is_catalogue_file(path):
@@ -256,6 +259,8 @@ def validate_new_files(
                     batch.events[name] = events[["user_id", "item_id", "timestamp", "rating"]]
                 kept = len(events)
         outcomes.append(outcome)
+        if outcome.fatal:
+            fatal[new] = [finding["message"] for finding in outcome.fatal]
         if len(outcome.quarantine):
             batch.quarantine[name] = outcome.quarantine
         batch.files.append(
@@ -271,10 +276,31 @@ def validate_new_files(
             }
         )
     save_quarantine(batch, Path(quarantine_dir))
-    if unreadable:
-        raise unreadable[0]
-    validation.raise_if_fatal(validation.combined_report(outcomes, limits))
+    if fatal:
+        folder = Path(quarantine_dir) / "rejected"
+        reject_files(fatal, folder)
+        messages = [m for found in fatal.values() for m in found]
+        raise validation.DataValidationError(
+            "Input validation failed:\n  "
+            + "\n  ".join(messages)
+            + f"\nMoved to {folder}, each with its error in <file>.error.txt: "
+            + ", ".join(new.path.name for new in fatal)
+            + ". Drop a file in again once it (or data.validation) is fixed; the other files "
+            "wait for the next retrain"
+        )
     return batch
+
+
+def reject_files(fatal: dict[NewFile, list[str]], folder: Path) -> None:
+    """Move each fatal file out of the drop into ``folder`` as ``<stem>-<hash><suffix>`` (the
+    same content lands on the same name), with its error messages in ``<name>.error.txt``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for new, messages in fatal.items():
+        stem, _, suffix = new.path.name.partition(".")
+        target = folder / f"{stem}-{new.sha256[:8]}.{suffix}"
+        target.with_name(f"{target.name}.error.txt").write_text("\n".join(messages) + "\n")
+        shutil.move(new.path, target)
+        log.error("%s is fatal: moved to %s", new.path, target)
 
 
 def _as_events(frames: list[pd.DataFrame]) -> pd.DataFrame:
