@@ -336,3 +336,75 @@ def test_the_retrain_rescorer_scores_a_champion_promoted_during_the_cycle():
     # someone promoted v1 by hand meanwhile: it is scored on the cycle's rows, not trusted
     assert rescore(["models:/m/3", "models:/m/1"]) == [0.2, 0.5]
     assert scored_afresh == ["models:/m/1"]
+
+
+def test_a_retrain_model_is_made_challenger_only_once_its_logs_are_committed(
+    tmp_path, mlflow_store, monkeypatch
+):
+    """Training, scoring and model logging are stubbed (the cycle test in
+    tests/pipelines/recommender runs them); the registry is a real MLflow one. A commit that
+    fails must not leave the new version as the challenger: a `promote` could then make a model
+    trained on logs the store does not know the champion."""
+    import mlflow
+
+    from rere_pipeline.mlops import registry
+    from rere_pipeline.pipelines.retrain import nodes
+    from rere_pipeline.recsys.backbone import Backbone
+
+    client = mlflow.MlflowClient()
+    client.create_registered_model("m")
+    client.create_model_version("m", source=str(tmp_path))
+    for alias in (registry.CHAMPION, registry.CHALLENGER):
+        client.set_registered_model_alias("m", alias, "1")
+
+    def register_model(model, catalogue, valid, tags, params, *_, challenger=True):
+        version = str(client.create_model_version("m", source=str(tmp_path)).version)
+        registry.set_challenger("m", version, tags, challenger)
+        return version, f"models:/m/{version}"
+
+    def report(label, *_, **__):
+        split = {"NDCG@10": 0.5, "rows": 2, "rows_fingerprint": "f"}
+        return {label: {"valid": split, "test": split}}, None
+
+    def commit(store, batch):
+        raise OSError("disk full")
+
+    stubs = {
+        "load_backbone_from_model": lambda uri: Backbone(None, None),
+        "encode_split": lambda model, rows, params: rows,
+        "evaluate_lm": report,
+        "fine_tune": lambda model, *_: (model, {}, None, None),
+        "reinforce": lambda model, *_: (model, {}, None),
+        "register_model": register_model,
+        "_log_metrics": lambda *_: None,  # would start an MLflow run of its own here
+    }
+    for name, stub in stubs.items():
+        target = nodes.serving if name == "load_backbone_from_model" else nodes
+        monkeypatch.setattr(target, name, stub)
+    monkeypatch.setattr(retrain.EventStore, "commit", commit)
+
+    params = {
+        "store_dir": str(tmp_path / "store"),
+        "lock_file": str(tmp_path / "store/.lock"),
+        "new_logs_dir": str(tmp_path / "new_logs"),
+        "quarantine_dir": str(tmp_path / "quarantine"),
+        "window_days": 10,
+        "sft": {},
+        "rere": {},
+    }
+    days = range(0, 70, 5)  # two users, one event every 5 days; the last two days are new
+    log = events([(u, 1 + (d // 5) % 4, d * DAY) for u in ("u", "v") for d in days])
+    (tmp_path / "new_logs").mkdir()
+    newest = log["timestamp"] >= T0 + 60 * DAY
+    log[newest].to_csv(tmp_path / "new_logs/week.csv", index=False)
+    data_params = {"validation": {"max_bad_fraction": 0.01}, "history_max": 3}
+    with pytest.raises(OSError, match="disk full"):
+        retrain_cycle(
+            CATALOGUE, log[~newest], params, data_params, {}, {}, {}, {}, {"model_name": "m"}
+        )
+    model = client.get_registered_model("m")
+    assert sorted(int(v.version) for v in client.search_model_versions("name='m'")) == [1, 2]
+    aliases = {alias: str(version) for alias, version in model.aliases.items()}
+    assert aliases == {"champion": "1", "challenger": "1"}  # v2 has no alias
+    assert client.get_model_version("m", "2").tags["warm_start_version"] == "1"
+    assert retrain.EventStore(params["store_dir"]).ledger() == []

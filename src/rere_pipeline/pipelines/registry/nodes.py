@@ -74,10 +74,11 @@ def register_model(
     params: dict,
     evaluate_params: dict,
     prompt_params: dict,
+    challenger: bool = True,
 ) -> tuple[str, str]:
     """Log ``model`` as the pyfunc recommender (decoding as ``evaluate`` does), register it
-    under ``registry.model_name`` and make it the ``challenger``; returns (version, URI).
-    The first ``valid`` row's history is the logged input example."""
+    under ``registry.model_name`` and (``challenger``) make it the ``challenger``; returns
+    (version, URI). The first ``valid`` row's history is the logged input example."""
     info = serving.log_recommender(
         model,
         catalogue,
@@ -93,7 +94,7 @@ def register_model(
     version = str(info.registered_model_version)
     # every row the model trained on has a target before the valid rows it is scored on
     trained_before = {registry.TRAINED_BEFORE: str(int(valid["timestamp"].min()))}
-    registry.set_challenger(params["model_name"], version, {**tags, **trained_before})
+    registry.set_challenger(params["model_name"], version, {**tags, **trained_before}, challenger)
     return version, info.model_uri
 
 

@@ -2,8 +2,9 @@
 
 One retrain cycle is one node, ``retrain_cycle``, because it is a transaction: it holds the
 retrain lock from start to end, stops early (successfully) when there is nothing new, and
-writes the event store only once the challenger is registered (then decides the promotion:
-the champion moves last, when the logs it learnt from are on record).
+writes the event store only once the challenger is registered, and makes it the challenger
+only then (then decides the promotion: the champion moves last, when the logs it learnt from
+are on record).
 Each step calls the same node functions the ``prompts``, ``sft``, ``rere`` and ``evaluate``
 pipelines use.
 """
@@ -147,11 +148,13 @@ def retrain_cycle(
             registry_params,
             evaluate_params,
             prompt_params,
+            challenger=False,  # not before its logs are on record
         )
 
-        # the challenger's logs are in a registered model now: record them before the champion
-        # can move, so that a failure from here on never leaves a champion trained on logs the
-        # store does not know (the next cycle would train on them again)
+        # the challenger's logs are in a registered model now: record them before it can be
+        # promoted (by this cycle or a `promote`), so that a failure never leaves a champion
+        # trained on logs the store does not know (the next cycle would train on them again).
+        # A failed commit leaves a registered version that no alias points to.
         store.commit(batch)
 
         def score_uri(uri: str) -> float:
@@ -161,6 +164,7 @@ def retrain_cycle(
         # compared_with_* tags; rescoring is only for a champion promoted by hand meanwhile
         rescore = new_rows_rescorer({f"models:/{name}/{version}": valid["NDCG@10"]}, score_uri)
         try:
+            registry.set_challenger(name, version, {})
             # a challenger alias moved by another register meanwhile stops the promotion: this
             # cycle never scored that model
             decision = registry.promote(
@@ -171,9 +175,11 @@ def retrain_cycle(
             )
         except Exception:
             log.error(
-                "retrain: the logs are committed and %s v%s is registered as the challenger, but "
-                "the promotion failed: run `kedro run --pipelines=promote` once the cause is fixed",
+                "retrain: the logs are committed and %s v%s is registered, but making it the "
+                "challenger or promoting it failed: once the cause is fixed, give v%s the alias "
+                "'challenger' if it lacks it, then run `kedro run --pipelines=promote`",
                 name,
+                version,
                 version,
             )
             raise
