@@ -35,15 +35,17 @@ def test_a_failed_input_load_fails_the_stage_run_an_earlier_node_opened(mlflow_s
         assert mlflow.active_run().info.run_id == parent.info.run_id  # params go to the parent
         hook.on_pipeline_error(OSError("b is missing"), {}, None, None)
         assert mlflow.get_run(stage).info.status == "FAILED"
-    # a failure inside a node (its inputs loaded) is left to kedro-mlflow: the stage is active
-    with mlflow.start_run():
+    # a failure inside a node (its inputs loaded): its stage fails and the parent is active
+    # again, for kedro-mlflow to fail, or for an orchestrator that opened it before `kedro run`
+    # (kedro-mlflow leaves such a run, and used to leave the stage, open and active)
+    with mlflow.start_run() as parent:
         hook.before_pipeline_run({}, None, None)
         hook.before_dataset_loaded("a", first)
         hook.before_node_run(first, None, {"a": 1}, False)
         inner = mlflow.active_run().info.run_id
         hook.on_pipeline_error(ValueError("in the node"), {}, None, None)
-        assert mlflow.get_run(inner).info.status == "RUNNING"
-        mlflow.end_run("FAILED")
+        assert mlflow.get_run(inner).info.status == "FAILED"
+        assert mlflow.active_run().info.run_id == parent.info.run_id
 
 
 def test_a_stage_closed_again_does_not_put_back_a_replaced_parent_metric(mlflow_store):
@@ -174,5 +176,4 @@ def test_a_failed_run_fails_a_stage_closed_between_its_nodes_but_not_a_finished_
         hook.on_pipeline_error(KeyboardInterrupt(), {}, None, None)
         assert mlflow.get_run(stages["evaluate"]).info.status == "FAILED"  # scored SFT only
         assert mlflow.get_run(stages["data"]).info.status == "FINISHED"
-        assert mlflow.get_run(running).info.status == "RUNNING"  # kedro-mlflow closes it
-        mlflow.end_run("FAILED")
+        assert mlflow.get_run(running).info.status == "FAILED"

@@ -118,8 +118,10 @@ class StageRunsHook:
     metrics and artifacts its outputs log land there; once the node's last output is saved the
     child is closed again and the parent is active, as kedro-mlflow expects. Each closed child's
     latest metric values are copied to the parent, so the parent alone answers "how did this run
-    do". A failing node leaves its child active: kedro-mlflow's error hook then marks it and the
-    parent FAILED. A node whose input fails to load never starts (no node hook runs), so that
+    do". A failing node's child is closed here as FAILED, so the parent is active again for
+    kedro-mlflow's error hook, which marks it FAILED too; a parent opened before ``kedro run``
+    (an orchestrator's), which kedro-mlflow leaves open, gets back the active run it had. A
+    node whose input fails to load never starts (no node hook runs), so that
     error marks the stage's run FAILED here, when an earlier node of the stage had opened one.
     So does any failure for a stage closed between its nodes with some of them never run (the
     ``evaluate`` stage spans ``rere``: stopped in ``rere``, it has scored SFT only).
@@ -166,9 +168,14 @@ class StageRunsHook:
         if run_id is not None:
             client.set_terminated(run_id, status="FAILED")
         for stage, run_id in self._children.items():
-            # a stage closed between its nodes; the running one is kedro-mlflow's to close
+            # a stage closed between its nodes (the running one is still active)
             if self._unfinished.get(stage) and client.get_run(run_id).info.status == "FINISHED":
                 client.set_terminated(run_id, status="FAILED")
+        active = mlflow.active_run()
+        if self._stage is not None and active is not None:
+            if active.info.run_id == self._children.get(self._stage):
+                mlflow.end_run(status="FAILED")  # the running stage's: its parent is active again
+            self._stage = None
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs, is_async) -> None:
