@@ -9,7 +9,7 @@ import re
 import pytest
 
 from helpers import project_config
-from rere_pipeline.pipelines.samples import CHOOSERS, check_samples_apart
+from rere_pipeline.pipelines.samples import CHOOSERS, check_samples_apart, check_samples_fit
 from rere_pipeline.recsys.metrics import check_ranking_depth
 
 MODEL_DATASET = "rere_pipeline.datasets.HFModelDataset"
@@ -59,3 +59,22 @@ def test_reported_valid_rows_stay_apart_from_the_rows_training_chooses_on(env):
             pattern = rf"^{re.escape('.'.join(path))}: null \(or left out\) means the whole valid"
             with pytest.raises(ValueError, match=pattern):
                 check_samples_apart(whole)
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_valid_samples_fit_in_the_valid_split_together(env, raw_release):
+    params = project_config(env)["parameters"]
+    check_samples_fit(params, len(raw_release["valid"]))  # the seed's split: all fit
+    params = {
+        "evaluate": {"max_rows": {"valid": 1000}},
+        "baselines": {"sasrec": {"valid_rows": 3000}},
+        "sft": {"valid_rows": 500},
+        "rere": {"valid_rows": 1000},
+    }
+    check_samples_fit(params, 4000)  # the two ends of the permutation just meet
+    with pytest.raises(
+        ValueError,
+        match=r"^the valid split has 3999 rows, fewer than evaluate.max_rows.valid \(1000\) plus "
+        r"the rows training chooses on \(baselines.sasrec.valid_rows: 3000\)",
+    ):
+        check_samples_fit(params, 3999)

@@ -11,7 +11,12 @@ import mlflow
 import pytest
 from kedro.pipeline import node
 
-from rere_pipeline.hooks import InterruptHook, RunInterrupted, StageRunsHook
+from rere_pipeline.hooks import (
+    InterruptHook,
+    ParameterCheckHook,
+    RunInterrupted,
+    StageRunsHook,
+)
 
 
 def test_a_failed_input_load_fails_the_stage_run_an_earlier_node_opened(mlflow_store):
@@ -177,3 +182,22 @@ def test_a_failed_run_fails_a_stage_closed_between_its_nodes_but_not_a_finished_
         assert mlflow.get_run(stages["evaluate"]).info.status == "FAILED"  # scored SFT only
         assert mlflow.get_run(stages["data"]).info.status == "FINISHED"
         assert mlflow.get_run(running).info.status == "FAILED"
+
+
+def test_the_valid_samples_are_checked_against_the_split_its_first_node_loads():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    params = {
+        "evaluate": {"ks": [10], "beam_width": 20, "max_rows": {"valid": 30}},
+        "sft": {"valid_rows": 20},
+    }
+    hook = ParameterCheckHook()
+    hook.after_context_created(SimpleNamespace(params=params))
+    hook.before_node_run(None, {"backbone": object()})  # no valid split: nothing to check
+    with pytest.raises(ValueError, match="the valid split has 40 rows, fewer than"):
+        hook.before_node_run(None, {"valid": pd.DataFrame({"user_id": range(40)})})
+    hook.after_context_created(SimpleNamespace(params=params))  # the next session
+    hook.before_node_run(None, {"prompts_valid": pd.DataFrame({"user_id": range(50)})})
+    hook.before_node_run(None, {"valid": pd.DataFrame({"user_id": range(40)})})  # checked once

@@ -99,15 +99,34 @@ class RuntimeHook:
 
 class ParameterCheckHook:
     """Refuses parameters that cannot mean what they say before anything runs, instead of
-    after an hour of training (each node checks its own again)."""
+    after an hour of training (each node checks its own again). The valid samples' sizes are
+    checked against the valid split when the first node that takes it loads it."""
+
+    VALID_SPLIT = ("valid", "prompts_valid")  # datasets holding every valid row
+
+    def __init__(self) -> None:
+        self._params: dict = {}
+        self._split_checked = False
 
     @hook_impl
     def after_context_created(self, context) -> None:
         from rere_pipeline.pipelines.samples import check_samples_apart
         from rere_pipeline.recsys.metrics import check_ranking_depth
 
-        check_ranking_depth(context.params)
-        check_samples_apart(context.params)
+        self._params, self._split_checked = context.params, False
+        check_ranking_depth(self._params)
+        check_samples_apart(self._params)
+
+    @hook_impl
+    def before_node_run(self, node, inputs) -> None:
+        from rere_pipeline.pipelines.samples import check_samples_fit
+
+        if self._split_checked:
+            return
+        split = next((inputs[name] for name in self.VALID_SPLIT if name in inputs), None)
+        if split is not None:
+            self._split_checked = True
+            check_samples_fit(self._params, len(split))
 
 
 class StageRunsHook:

@@ -64,13 +64,7 @@ def check_samples_apart(params: dict) -> None:
     (``CHOOSERS``) set to null or 0, which means the whole split."""
     if not params.get("evaluate"):
         return  # nothing reported
-    chosen = {}
-    for path, missing_is_whole in CHOOSERS.items():
-        node = params
-        for key in path[:-1]:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict) and (path[-1] in node or missing_is_whole):
-            chosen[".".join(path)] = node.get(path[-1])
+    chosen = _chosen(params)
     whole = [name for name, n in chosen.items() if not n]
     if rows_limit(params["evaluate"].get("max_rows"), "valid") is None:
         whole.insert(0, "evaluate.max_rows.valid")
@@ -82,3 +76,36 @@ def check_samples_apart(params: dict) -> None:
             f"on ({sizes}). Set each to a number of rows: the two samples come from opposite "
             "ends of one permutation, so they stay apart while they fit in the split together"
         )
+
+
+def check_samples_fit(params: dict, valid_rows: int) -> None:
+    """Refuse sample sizes that do not fit in the valid split together: with
+    ``evaluate.max_rows.valid`` + a chooser's rows above ``valid_rows``, the two ends of the
+    permutation meet and the rows evaluation reports include rows that training chose on.
+    (The sizes are known before a run, the split's length only once it is loaded.)"""
+    report = rows_limit((params.get("evaluate") or {}).get("max_rows"), "valid")
+    if report is None:
+        return  # nothing reported, or the whole split (refused by check_samples_apart)
+    over = {
+        name: int(n) for name, n in _chosen(params).items() if n and int(n) + report > valid_rows
+    }
+    if over:
+        sizes = ", ".join(f"{name}: {n}" for name, n in over.items())
+        raise ValueError(
+            f"the valid split has {valid_rows} rows, fewer than evaluate.max_rows.valid "
+            f"({report}) plus the rows training chooses on ({sizes}): the valid rows evaluation "
+            "reports, which promotion compares, would include rows training chose on. Lower "
+            f"them so that each chooser's rows plus {report} fit in {valid_rows}"
+        )
+
+
+def _chosen(params: dict) -> dict:
+    """The ``CHOOSERS`` set in ``params`` (or meaning the whole split by their absence)."""
+    chosen = {}
+    for path, missing_is_whole in CHOOSERS.items():
+        node = params
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and (path[-1] in node or missing_is_whole):
+            chosen[".".join(path)] = node.get(path[-1])
+    return chosen
