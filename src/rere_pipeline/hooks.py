@@ -137,9 +137,10 @@ class StageRunsHook:
     metrics and artifacts its outputs log land there; once the node's last output is saved the
     child is closed again and the parent is active, as kedro-mlflow expects. Each closed child's
     latest metric values are copied to the parent, so the parent alone answers "how did this run
-    do". A failing node's child is closed here as FAILED, so the parent is active again for
-    kedro-mlflow's error hook, which marks it FAILED too; a parent opened before ``kedro run``
-    (an orchestrator's), which kedro-mlflow leaves open, gets back the active run it had. A
+    do". A failing node's child is closed here as FAILED, before kedro-mlflow's error hook
+    runs, so the parent is active again for that hook, which marks it FAILED too; a parent
+    opened before ``kedro run`` (an orchestrator's), which kedro-mlflow leaves open, gets back
+    the active run it had. A
     node whose input fails to load never starts (no node hook runs), so that
     error marks the stage's run FAILED here, when an earlier node of the stage had opened one.
     So does any failure for a stage closed between its nodes with some of them never run (the
@@ -178,7 +179,9 @@ class StageRunsHook:
         # the parent in its own ``before_node_run``
         self._loading = self._stage_of(node)
 
-    @hook_impl
+    # before kedro-mlflow's (which closes every active run, or warns about the active one when
+    # the parent was opened before `kedro run`): the stage is closed first, the parent is left
+    @hook_impl(tryfirst=True)
     def on_pipeline_error(self, error, run_params, pipeline, catalog) -> None:
         import mlflow
 

@@ -581,4 +581,11 @@ def raise_if_fatal(report: dict) -> None:
     """Stop with every fatal finding of a ``combined_report``: file, column and rule each."""
     messages = [finding["message"] for f in report["files"].values() for finding in f["fatal"]]
     if messages:
-        raise DataValidationError("Input validation failed:\n  " + "\n  ".join(messages))
+        raise fatal_error(messages)
+
+
+def fatal_error(messages: list[str], then: str = "") -> DataValidationError:
+    """The error stopping a run on fatal findings (one message each), and what happened then."""
+    return DataValidationError(
+        "Input validation failed:\n  " + "\n  ".join(messages) + (f"\n{then}" if then else "")
+    )

@@ -65,6 +65,21 @@ def test_the_store_ingests_each_file_once_whatever_its_name(tmp_path):
     assert store.new_files(drop) == []
 
 
+def test_a_file_changed_within_the_settle_time_waits_for_the_next_run(tmp_path):
+    import os
+    import time
+
+    store = retrain.EventStore(tmp_path / "store")
+    drop = tmp_path / "new_logs"
+    drop.mkdir()
+    events([("u", 1, 10)]).to_csv(drop / "copying.csv", index=False)  # just written
+    events([("u", 2, 20)]).to_csv(drop / "done.csv", index=False)
+    old = time.time() - 120
+    os.utime(drop / "done.csv", (old, old))
+    assert [f.path.name for f in store.new_files(drop, settle_seconds=30)] == ["done.csv"]
+    assert len(store.new_files(drop)) == 2
+
+
 def test_events_already_stored_or_earlier_in_the_batch_are_not_new(tmp_path):
     store = retrain.EventStore(tmp_path / "store")
     store.ensure_base(events([("u", 1, 10), ("u", 2, 20)]))
@@ -85,9 +100,18 @@ def test_events_already_stored_or_earlier_in_the_batch_are_not_new(tmp_path):
     assert batch.new_events == 3 and len(batch.events) == 2  # nothing kept of the re-export
 
 
-def test_a_drop_with_nothing_new_is_recorded_without_retraining(tmp_path):
+def test_a_drop_with_nothing_new_is_recorded_without_retraining(
+    tmp_path, monkeypatch, tiny_backbone
+):
     """Catalogue additions and re-sent events: a no-op cycle that records the files (before,
-    every scheduled run failed on them until a real log arrived)."""
+    every scheduled run failed on them until a real log arrived). A new title the champion's
+    tokenizer would read as a control token is quarantined: in the store, it would stop every
+    later retrain."""
+    from rere_pipeline.pipelines.retrain import nodes
+
+    loads = []
+    monkeypatch.setattr(nodes, "load_champion", lambda p: loads.append(p) or (None, tiny_backbone))
+    eos = tiny_backbone.tokenizer.eos_token
     params = {
         "store_dir": str(tmp_path / "store"),
         "lock_file": str(tmp_path / "store/.lock"),
@@ -96,11 +120,11 @@ def test_a_drop_with_nothing_new_is_recorded_without_retraining(tmp_path):
     }
     seed = events([("u", 1, 10), ("u", 2, 20)])
     (tmp_path / "new_logs").mkdir()
-    pd.DataFrame({"item_id": ["5"], "title": ["E"]}).to_csv(
+    pd.DataFrame({"item_id": ["5", "6"], "title": ["E", f"F {eos}"]}).to_csv(
         tmp_path / "new_logs/items_new.csv", index=False
     )
     seed.to_csv(tmp_path / "new_logs/resent.csv", index=False)
-    data_params = {"validation": {"max_bad_fraction": 0.01}}
+    data_params = {"validation": {"max_bad_fraction": 0.5}}
     # no model, registry or training parameters: a cycle that reached them would fail
     report = retrain_cycle(CATALOGUE, seed, params, data_params, *[None] * 5)
     assert (
@@ -110,6 +134,10 @@ def test_a_drop_with_nothing_new_is_recorded_without_retraining(tmp_path):
     store = retrain.EventStore(params["store_dir"])
     assert [e["file"] for e in store.ledger()] == ["items_new.csv", "resent.csv"]
     assert len(store.events()) == 2 and store.catalogue(CATALOGUE)["title"].iloc[-1] == "E"
+    [quarantined] = (tmp_path / "quarantine").glob("items_new-*.csv")
+    rows = pd.read_csv(quarantined)
+    assert rows[["item_id", "rules"]].values.tolist() == [[6, "title.control_token"]]
+    assert len(loads) == 1  # the champion's tokenizer, for the catalogue file only
     again = retrain_cycle(CATALOGUE, seed, params, data_params, *[None] * 5)
     assert again["status"] == "no-op" and "no new logs" in again["message"]
 
@@ -161,6 +189,38 @@ def test_bad_rows_are_quarantined_and_a_fatal_file_stops_everything(tmp_path):
     error = rejected.with_name(f"{rejected.name}.error.txt").read_text()
     assert "b.csv: required column 'timestamp' is missing" in error
     assert (drop / "a.csv").exists()
+
+
+def test_a_fatal_catalogue_file_keeps_the_whole_drop_waiting(tmp_path):
+    """Its events may name the items it adds: moving it aside would let them in without it."""
+    drop, quarantine_dir = tmp_path / "new_logs", tmp_path / "quarantine"
+    drop.mkdir()
+    pd.DataFrame({"item_id": ["99"]}).to_csv(drop / "items_new.csv", index=False)  # no title
+    events([("u", 99, 10)]).to_csv(drop / "week.csv", index=False)
+    files = _new(drop / "items_new.csv") + _new(drop / "week.csv")
+    limits = validation.Limits.from_params({"max_bad_fraction": 0.01})
+    with pytest.raises(validation.DataValidationError, match="the whole drop waits for it"):
+        retrain.validate_new_files(files, CATALOGUE, limits, quarantine_dir)
+    assert sorted(p.name for p in drop.iterdir()) == ["items_new.csv", "week.csv"]
+    assert not (quarantine_dir / "rejected").exists()
+
+
+def test_a_fatal_file_that_cannot_be_moved_stays_and_still_names_its_rule(tmp_path, monkeypatch):
+    drop, quarantine_dir = tmp_path / "new_logs", tmp_path / "quarantine"
+    drop.mkdir()
+    pd.DataFrame({"user_id": ["u"], "item_id": ["1"]}).to_csv(drop / "b.csv", index=False)
+
+    def refuse(source, target):
+        raise PermissionError(f"read-only: {source}")
+
+    monkeypatch.setattr(retrain.shutil, "move", refuse)
+    limits = validation.Limits.from_params({"max_bad_fraction": 0.01})
+    with pytest.raises(
+        validation.DataValidationError,
+        match=r"(?s)b.csv: required column 'timestamp'.*Could not move b.csv out of the drop",
+    ):
+        retrain.validate_new_files(_new(drop / "b.csv"), CATALOGUE, limits, quarantine_dir)
+    assert (drop / "b.csv").exists()
 
 
 def test_a_quarantined_row_names_its_line_past_blank_lines(tmp_path):
@@ -371,7 +431,7 @@ def test_a_retrain_model_is_made_challenger_only_once_its_logs_are_committed(
 
     stubs = {
         "load_backbone_from_model": lambda uri: Backbone(None, None),
-        "encode_split": lambda model, rows, params: rows,
+        "encode_split": lambda model, rows, params, catalogue: rows,
         "evaluate_lm": report,
         "fine_tune": lambda model, *_: (model, {}, None, None),
         "reinforce": lambda model, *_: (model, {}, None),

@@ -235,3 +235,13 @@ def test_a_killed_workers_trial_is_failed_with_its_run_and_retried_once(tmp_path
     assert states(study) == ["FAIL", "FAIL", "COMPLETE"]
     assert client.get_run(runs[1]).info.status == "FAILED"
     assert study.trials[2].params["beta"] != first.params["beta"]  # a new suggestion
+
+
+def test_a_worker_with_another_heartbeat_interval_is_refused(tmp_path):
+    """A worker fails trials silent for two of *its* intervals: one beating every 10 s would
+    fail the live trials of one beating every 60 s."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    tuning.open_study(storage, "beats", heartbeat_interval=60)
+    tuning.open_study(storage, "beats", heartbeat_interval=60)  # the same: joined
+    with pytest.raises(ValueError, match="created with tune.heartbeat_interval 60, this worker"):
+        tuning.open_study(storage, "beats", heartbeat_interval=10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pandas as pd
@@ -96,10 +97,22 @@ def test_titles_spelling_a_control_token_are_refused_naming_their_items(
             "item_id": [1, 2],
             "item_title": [titles[1], titles[2]],
             "history_item_id": [[7, 8], [9]],
-            "history_item_title": [[titles[7], f"x {pad}"], [titles[9]]],  # a history title
+            "history_item_title": [[titles[7], titles[8]], [titles[9]]],
         }
     )
-    with pytest.raises(ValueError, match=rf"prompts: 1 title\(s\) .*item 8 'x {re.escape(pad)}'"):
-        encode_split(tiny_backbone, rows, {})
-    rows.at[0, "history_item_title"] = [titles[7], titles[8]]  # the catalogue's title again
-    assert len(encode_split(tiny_backbone, rows, {})) == 2
+    # an item no row holds: it is still in every stage's trie, so the prompts stage refuses it
+    catalogue = pd.DataFrame({"item_id": [1, 2, 7, 8, 9, 40], "title": [*titles[:5], f"x {pad}"]})
+    with pytest.raises(ValueError, match=rf"prompts: 1 title\(s\) .*item 40 'x {re.escape(pad)}'"):
+        encode_split(tiny_backbone, rows, {}, catalogue)
+    catalogue.loc[5, "title"] = titles[40]
+    assert len(encode_split(tiny_backbone, rows, {}, catalogue)) == 2
+
+
+def test_added_tokens_that_are_not_special_are_read_back_as_text(tiny_backbone):
+    """Some tokenizers add runs of spaces or whole words as tokens: they decode to the same
+    text, so a title holding them is an ordinary title."""
+    tok = copy.deepcopy(tiny_backbone.tokenizer)
+    tok.add_tokens(["  ", "Deluxe"])
+    eos = tok.eos_token
+    titles = ["Dune  Deluxe", f"Dune {eos}"]
+    assert spelt_control_tokens(tok, titles) == {f"Dune {eos}": [eos]}

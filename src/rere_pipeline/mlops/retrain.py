@@ -20,6 +20,8 @@ import hashlib
 import json
 import logging
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +41,8 @@ LOG_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 DAY = 86_400
 # A new catalogue row may not give a known item_id another title (quarantined otherwise).
 KNOWN_TITLE_RULE = "item_id.known_title"
+# nor a title the champion's tokenizer would read as a control token (prompts.check_titles)
+CONTROL_TOKEN_RULE = "title.control_token"
 
 
 class RetrainLocked(RuntimeError):
@@ -172,14 +176,25 @@ class EventStore:
             pd.concat(frames, ignore_index=True).drop_duplicates("item_id").reset_index(drop=True)
         )
 
-    def new_files(self, folder: str | Path) -> list[NewFile]:
-        """Files in ``folder`` whose content has not been processed yet (catalogue first)."""
+    def new_files(self, folder: str | Path, settle_seconds: float = 0) -> list[NewFile]:
+        """Files in ``folder`` whose content has not been processed yet (catalogue first).
+        A file changed less than ``settle_seconds`` ago may still be being written: it is left
+        for the next run."""
         done = {entry["sha256"] for entry in self.ledger()}
-        found = [
-            NewFile(p, sha256(p))
+        now = time.time()
+        candidates = [
+            p
             for p in Path(folder).glob("*")
             if p.is_file() and p.name.endswith(LOG_SUFFIXES) and not p.name.startswith(".")
         ]
+        settling = [p for p in candidates if now - p.stat().st_mtime < settle_seconds]
+        if settling:
+            log.info(
+                "%s changed less than %s s ago (may still be being written): left for the next run",
+                [p.name for p in settling],
+                settle_seconds,
+            )
+        found = [NewFile(p, sha256(p)) for p in candidates if p not in settling]
         fresh = [f for f in found if f.sha256 not in done]
         return sorted(fresh, key=lambda f: (not is_catalogue_file(f.path), f.path.name))
 
@@ -209,6 +224,7 @@ def validate_new_files(
     limits: validation.Limits,
     quarantine_dir: str | Path,
     stored: pd.DataFrame | None = None,
+    title_problems: Callable[[list[str]], dict] | None = None,
 ) -> Batch:
     """Validate every file with the project's Great Expectations suites.
 
@@ -218,7 +234,10 @@ def validate_new_files(
     named, and is moved out of the drop into ``quarantine_dir/rejected/`` with its error
     beside it (``reject_files``): the next retrain goes on with the other files instead of
     failing on it again. A catalogue row whose ``item_id`` is already known under another title is
-    quarantined (rule ``item_id.known_title``): ids are never re-titled by a log drop.
+    quarantined (rule ``item_id.known_title``): ids are never re-titled by a log drop. So is
+    one whose title ``title_problems`` (titles -> the problem ones) finds spelling a control
+    token of the model's tokenizer (rule ``title.control_token``): once in the store, such a
+    title would stop every later retrain.
 
     An event already in ``stored`` (the store's events) or in an earlier file of the batch is
     not new: it is left out of the batch and counted as ``already_stored`` in the file's ledger
@@ -235,11 +254,13 @@ def validate_new_files(
         except validation.DataValidationError as exc:
             fatal[new] = [str(exc)]  # the other files are still checked, their bad rows kept
             continue
-        name = f"{path.name.split('.')[0]}-{digest[:8]}"
+        name = batch_name(path, digest)
         if is_catalogue_file(path):
             outcome = validation.validate_catalogue(raw, limits)
             if not outcome.fatal:
                 _quarantine_retitled(outcome, raw, known)
+            if not outcome.fatal and title_problems is not None and len(outcome.clean):
+                _quarantine_control_titles(outcome, raw, title_problems)
             additions = outcome.clean
             if not outcome.fatal and len(additions):
                 batch.items[name] = additions
@@ -277,30 +298,52 @@ def validate_new_files(
         )
     save_quarantine(batch, Path(quarantine_dir))
     if fatal:
-        folder = Path(quarantine_dir) / "rejected"
-        reject_files(fatal, folder)
         messages = [m for found in fatal.values() for m in found]
-        raise validation.DataValidationError(
-            "Input validation failed:\n  "
-            + "\n  ".join(messages)
-            + f"\nMoved to {folder}, each with its error in <file>.error.txt: "
-            + ", ".join(new.path.name for new in fatal)
-            + ". Drop a file in again once it (or data.validation) is fixed; the other files "
-            "wait for the next retrain"
-        )
+        if any(is_catalogue_file(new.path) for new in fatal):
+            # the drop's events may name the items it adds: all of it waits for the fix
+            where = "Fix the catalogue file; the whole drop waits for it"
+        else:
+            where = reject_files(fatal, Path(quarantine_dir) / "rejected")
+        raise validation.fatal_error(messages, where)
     return batch
 
 
-def reject_files(fatal: dict[NewFile, list[str]], folder: Path) -> None:
-    """Move each fatal file out of the drop into ``folder`` as ``<stem>-<hash><suffix>`` (the
-    same content lands on the same name), with its error messages in ``<name>.error.txt``."""
+def batch_name(path: Path, digest: str) -> str:
+    """A processed file's name in the store and the quarantine: its stem and content hash."""
+    return f"{path.name.split('.')[0]}-{digest[:8]}"
+
+
+def reject_files(fatal: dict[NewFile, list[str]], folder: Path) -> str:
+    """Move each fatal event log out of the drop into ``folder`` as ``<stem>-<hash>.<ext>`` (the
+    same content lands on the same name), with its error messages in ``<name>.error.txt``;
+    returns what happened, for the error message. A file that cannot be moved stays."""
     folder.mkdir(parents=True, exist_ok=True)
+    moved, stayed = [], []
     for new, messages in fatal.items():
-        stem, _, suffix = new.path.name.partition(".")
-        target = folder / f"{stem}-{new.sha256[:8]}.{suffix}"
-        target.with_name(f"{target.name}.error.txt").write_text("\n".join(messages) + "\n")
-        shutil.move(new.path, target)
+        target = folder / f"{batch_name(new.path, new.sha256)}.{new.path.name.partition('.')[2]}"
+        try:
+            target.with_name(f"{target.name}.error.txt").write_text("\n".join(messages) + "\n")
+            shutil.move(new.path, target)
+        except OSError as exc:
+            log.error("%s is fatal but could not be moved to %s: %s", new.path, target, exc)
+            stayed.append(new.path.name)
+            continue
         log.error("%s is fatal: moved to %s", new.path, target)
+        moved.append(new.path.name)
+    return "; ".join(
+        [
+            *(
+                [
+                    f"Moved {', '.join(moved)} to {folder} (errors in <file>.error.txt): drop a "
+                    "file in again once it, or data.validation, is fixed; the other files wait for "
+                    "the next retrain"
+                ]
+                if moved
+                else []
+            ),
+            *([f"Could not move {', '.join(stayed)} out of the drop"] if stayed else []),
+        ]
+    )
 
 
 def _as_events(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -325,20 +368,50 @@ def _quarantine_retitled(
     clean = outcome.clean
     old = clean["item_id"].map(titles)
     retitled = clean.index[old.notna() & (old != clean["title"])].tolist()
-    if retitled:
-        rule = validation.Rule(KNOWN_TITLE_RULE, "item_id", lambda: None)
-        moved = validation.quarantine_rows(
-            raw.reset_index(drop=True), retitled, {i: [rule] for i in retitled}, outcome.source
-        )
-        outcome.quarantine = pd.concat([outcome.quarantine, moved], ignore_index=True)
-        outcome.rule_counts[rule.name] = {"column": rule.column, "rows": len(retitled)}
-        log.warning(
-            "%s: %d row(s) give a known item_id another title (rule %s): quarantined",
-            outcome.source,
-            len(retitled),
-            rule.name,
-        )
+    _quarantine_clean_rows(
+        outcome, raw, retitled, KNOWN_TITLE_RULE, "item_id", "give a known item_id another title"
+    )
     outcome.clean = clean[old.isna()]
+
+
+def _quarantine_control_titles(
+    outcome: validation.FileValidation,
+    raw: pd.DataFrame,
+    title_problems: Callable[[list[str]], dict],
+) -> None:
+    """Move the clean catalogue rows whose title spells a control token of the tokenizer that
+    will read it (``title_problems``) to the quarantine."""
+    clean = outcome.clean
+    titles = clean["title"].astype(str)
+    spelt = title_problems(titles.tolist())
+    bad = clean.index[titles.isin(list(spelt))].tolist()
+    _quarantine_clean_rows(
+        outcome, raw, bad, CONTROL_TOKEN_RULE, "title", "spell a control token of the tokenizer"
+    )
+    outcome.clean = clean.drop(index=bad)
+
+
+def _quarantine_clean_rows(
+    outcome: validation.FileValidation,
+    raw: pd.DataFrame,
+    rows: list[int],
+    rule_name: str,
+    column: str,
+    broken: str,
+) -> None:
+    """Add ``rows`` (positions in ``raw``, rows the suites passed) to the file's quarantine
+    under one more rule; the caller takes them out of ``outcome.clean``."""
+    if not rows:
+        return
+    rule = validation.Rule(rule_name, column, lambda: None)
+    moved = validation.quarantine_rows(
+        raw.reset_index(drop=True), rows, {i: [rule] for i in rows}, outcome.source
+    )
+    outcome.quarantine = pd.concat([outcome.quarantine, moved], ignore_index=True)
+    outcome.rule_counts[rule.name] = {"column": rule.column, "rows": len(rows)}
+    log.warning(
+        "%s: %d row(s) %s (rule %s): quarantined", outcome.source, len(rows), broken, rule.name
+    )
 
 
 def save_quarantine(batch: Batch, folder: Path) -> None:

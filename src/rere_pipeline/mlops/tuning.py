@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 SETUP_ATTR = "setup"  # the study's user attribute: what its trials' scores depend on
 MLFLOW_RUN_ATTR = "mlflow_run_id"  # a trial's user attribute: its nested MLflow run
+HEARTBEAT_ATTR = "heartbeat_interval"  # the study's: every worker's must be the same
 
 
 def open_study(
@@ -71,9 +72,26 @@ def open_study(
         ),
         load_if_exists=True,
     )
+    check_heartbeat(study, heartbeat_interval)
     if setup is not None:
         check_setup(study, setup)
     return study
+
+
+def check_heartbeat(study: optuna.Study, interval: int | None) -> None:
+    """Record the study's heartbeat interval, or refuse a worker with another one: a worker
+    waits two of its own intervals before it fails a silent trial, so one with a shorter
+    interval would fail the live trials of one beating less often."""
+    if HEARTBEAT_ATTR not in study.user_attrs:
+        study.set_user_attr(HEARTBEAT_ATTR, interval)
+        return
+    recorded = study.user_attrs[HEARTBEAT_ATTR]
+    if recorded != interval:
+        raise ValueError(
+            f"study {study.study_name!r} was created with tune.heartbeat_interval {recorded}, "
+            f"this worker has {interval}: with another interval one worker would fail the "
+            f"other's live trials (or never fail killed ones). Set it to {recorded}"
+        )
 
 
 def on_killed_trial(retry: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
@@ -95,11 +113,11 @@ def on_killed_trial(retry: int) -> Callable[[optuna.Study, optuna.trial.FrozenTr
             if again and tried <= retry
             else f"not retried (run {tried} time(s), tune.retry_killed is {retry})",
         )
+        if again:
+            again(study, trial)
         run_id = trial.user_attrs.get(MLFLOW_RUN_ATTR)
         if run_id:
             _fail_run(run_id)
-        if again:
-            again(study, trial)
 
     return callback
 
@@ -112,7 +130,7 @@ def _fail_run(run_id: str) -> None:
     try:
         if client.get_run(run_id).info.status == "RUNNING":
             client.set_terminated(run_id, status="FAILED")
-    except MlflowException as exc:  # e.g. a worker logging to another tracking store
+    except (MlflowException, OSError) as exc:  # a worker logging to another tracking store
         log.warning("could not mark the killed trial's MLflow run %s failed: %s", run_id, exc)
 
 

@@ -62,15 +62,19 @@ def encode(tokenizer, text: str) -> list[int]:
 
 def spelt_control_tokens(tokenizer, titles: Iterable[str]) -> dict[str, list[str]]:
     """The titles among ``titles`` that spell out one of the tokenizer's control tokens (EOS,
-    padding, an instruct checkpoint's chat markers: its special and added tokens), each with
-    the tokens it spells.
+    padding, an instruct checkpoint's chat markers: its special tokens), each with the tokens
+    it spells.
 
     A tokenizer reads such text as the control token itself, not as characters: in a prompt
     it would end or restructure the prompt, and a completion holding EOS has no place in the
-    catalogue trie. Only tokens whose text is in the title count (an unknown character that a
-    tokenizer maps to its unknown token is not a spelt control token).
+    catalogue trie. Added tokens that are not special (runs of spaces, extra words) read back
+    as the same text and are left alone. Only tokens whose text is in the title count: an
+    unknown character that a tokenizer maps to its unknown token is not a spelt control token
+    (a byte-level BPE, as the default backbone's, has no unknown characters).
     """
-    control = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    control = set(tokenizer.all_special_ids) | {
+        i for i, token in tokenizer.added_tokens_decoder.items() if token.special
+    }
     distinct = list(dict.fromkeys(str(t) for t in titles))
     if not distinct:
         return {}

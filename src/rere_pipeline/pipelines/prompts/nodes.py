@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from itertools import chain
 
 import pandas as pd
 
@@ -13,14 +12,18 @@ from rere_pipeline.recsys.prompts import PromptTemplate, check_titles, encode_pa
 log = logging.getLogger(__name__)
 
 
-def encode_split(backbone: Backbone, rows: pd.DataFrame, params: dict) -> pd.DataFrame:
-    """Prompt and completion text and ids for every row (tokenised separately). A title that
-    spells a control token of the tokenizer is refused, naming its item."""
+def encode_split(
+    backbone: Backbone, rows: pd.DataFrame, params: dict, catalogue: pd.DataFrame
+) -> pd.DataFrame:
+    """Prompt and completion text and ids for every row (tokenised separately). A catalogue
+    title that spells a control token of the tokenizer is refused, naming its item: the rows'
+    titles are the catalogue's (data validation checks it), and so is every item the trie of
+    any later stage holds."""
     template = PromptTemplate.from_params(params)
     check_titles(
         backbone.tokenizer,
-        [*rows["item_id"], *chain.from_iterable(rows["history_item_id"])],
-        [*rows["item_title"], *chain.from_iterable(rows["history_item_title"])],
+        catalogue["item_id"].astype(int).tolist(),
+        catalogue["title"].astype(str).tolist(),
         "prompts",
     )
     columns = encode_pairs(

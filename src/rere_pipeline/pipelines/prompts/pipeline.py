@@ -10,7 +10,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 encode_split,
-                ["backbone", split, "params:prompts"],
+                ["backbone", split, "params:prompts", "catalogue"],
                 f"prompts_{split}",
                 name=f"encode_{split}_prompts",
             )

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
 
 from rere_pipeline import validation
+from rere_pipeline.atomic import replace_file
 from rere_pipeline.mlops import registry, retrain, serving
 from rere_pipeline.pipelines.evaluate.nodes import evaluate_lm, mlflow_metrics
 from rere_pipeline.pipelines.prompts.nodes import encode_split
@@ -27,6 +31,7 @@ from rere_pipeline.pipelines.registry.nodes import register_model, score_tags
 from rere_pipeline.pipelines.rere.nodes import reinforce
 from rere_pipeline.pipelines.sft.nodes import fine_tune
 from rere_pipeline.recsys.backbone import Backbone
+from rere_pipeline.recsys.prompts import spelt_control_tokens
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +53,7 @@ def retrain_cycle(
     store = retrain.EventStore(params["store_dir"])
     with retrain.retrain_lock(params["lock_file"]):
         store.ensure_base(events)
-        files = store.new_files(params["new_logs_dir"])
+        files = store.new_files(params["new_logs_dir"], float(params.get("settle_seconds") or 0))
         if not files:
             message = f"no new logs in {params['new_logs_dir']}: nothing to retrain"
             log.info(message)
@@ -57,8 +62,21 @@ def retrain_cycle(
         log.info("retrain: %d new file(s): %s", len(files), names)
         limits = validation.Limits.from_params(data_params["validation"])
         stored = store.events()
+        loaded: list = []  # the champion, loaded on first use (a drop of re-sent events never)
+
+        def champion() -> tuple[ModelVersion, Backbone]:
+            if not loaded:
+                loaded.append(load_champion(registry_params))
+            return loaded[0]
+
         batch = retrain.validate_new_files(
-            files, store.catalogue(catalogue), limits, params["quarantine_dir"], stored
+            files,
+            store.catalogue(catalogue),
+            limits,
+            params["quarantine_dir"],
+            stored,
+            # new titles must read as text to the tokenizer that trains on them
+            title_problems=lambda titles: spelt_control_tokens(champion()[1].tokenizer, titles),
         )
         if not batch.new_events:
             # catalogue additions or events the store has already: nothing to learn from, but
@@ -88,14 +106,11 @@ def retrain_cycle(
         log.info("retrain splits: %s", windows)
 
         name = registry_params["model_name"]
-        champion = registry.version_by_alias(mlflow.MlflowClient(), name, registry.CHAMPION)
-        if champion is None:
-            raise ValueError(
-                f"retrain warm-starts from the champion, but {name!r} has none: run `full`, "
-                "then `kedro run --pipelines=promote` first"
-            )
-        start = serving.load_backbone_from_model(f"models:/{name}/{champion.version}")
-        prompts = {s: encode_split(start, splits[s], prompt_params) for s in ("train", "valid")}
+        champion_version, start = champion()
+        prompts = {
+            s: encode_split(start, splits[s], prompt_params, full_catalogue)
+            for s in ("train", "valid")
+        }
 
         # the new windows, whole unless retrain.max_rows says otherwise (not evaluate.max_rows,
         # the release's sample sizes): promotion compares challenger and champion on them
@@ -104,7 +119,10 @@ def retrain_cycle(
         def score(label: str, model: Backbone) -> dict:
             # prompts in the model's own tokens (a champion promoted by hand meanwhile may come
             # from another backbone); a few hundred rows, encoded in well under a second
-            valid, test = (encode_split(model, splits[s], prompt_params) for s in ("valid", "test"))
+            valid, test = (
+                encode_split(model, splits[s], prompt_params, full_catalogue)
+                for s in ("valid", "test")
+            )
             report, _ = evaluate_lm(
                 label, model, full_catalogue, scoring, prompt_params, valid=valid, test=test
             )
@@ -138,10 +156,10 @@ def retrain_cycle(
             splits["valid"],
             {
                 "source_model": "retrain",
-                "warm_start_version": str(champion.version),
+                "warm_start_version": str(champion_version.version),
                 **score_tags(scores["challenger"]),
                 # the champion on the same new rows: what a later `promote` compares with
-                registry.COMPARED_WITH: str(champion.version),
+                registry.COMPARED_WITH: str(champion_version.version),
                 registry.COMPARED_SCORE: f"{scores['champion']['valid']['NDCG@10']:.6f}",
                 "new_logs": ",".join(f["file"] for f in batch.files),
             },
@@ -199,6 +217,18 @@ def retrain_cycle(
     }
 
 
+def load_champion(registry_params: dict) -> tuple[ModelVersion, Backbone]:
+    """The registry's champion version and its model (what a retrain starts from)."""
+    name = registry_params["model_name"]
+    champion = registry.version_by_alias(mlflow.MlflowClient(), name, registry.CHAMPION)
+    if champion is None:
+        raise ValueError(
+            f"retrain warm-starts from the champion, and checks new titles with its tokenizer, "
+            f"but {name!r} has none: run `full`, then `kedro run --pipelines=promote` first"
+        )
+    return champion, serving.load_backbone_from_model(f"models:/{name}/{champion.version}")
+
+
 def new_rows_rescorer(
     scored: dict[str, float], score_uri: Callable[[str], float]
 ) -> Callable[[list[str]], list[float]]:
@@ -247,8 +277,11 @@ def demo_new_logs(events: pd.DataFrame, params: dict) -> str:
         (store.root / "base.parquet").unlink(missing_ok=True)
         store.ensure_base(older)
         target = Path(params["new_logs_dir"]) / params["demo"]["file"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        held.to_csv(target, index=False)
+        replace_file(target, lambda staging: held.to_csv(staging, index=False))
+        # complete once it appears (written aside, then renamed): dated past the settle time
+        # so that a retrain started right after does not wait for it to settle
+        then = time.time() - float(params.get("settle_seconds") or 0)
+        os.utime(target, (then, then))
     message = (
         f"demo: {len(held)} events of the last {params['demo']['holdout_days']} days written to "
         f"{target}; the event store starts from the {len(older)} older events"
