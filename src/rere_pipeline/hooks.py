@@ -140,9 +140,9 @@ class StageRunsHook:
     do". A failing node's child is closed here as FAILED, before kedro-mlflow's error hook
     runs, so the parent is active again for that hook, which marks it FAILED too; a parent
     opened before ``kedro run`` (an orchestrator's), which kedro-mlflow leaves open, gets back
-    the active run it had. A
-    node whose input fails to load never starts (no node hook runs), so that
-    error marks the stage's run FAILED here, when an earlier node of the stage had opened one.
+    the active run it had. A node whose input fails to load never starts (no node hook runs),
+    so that error marks the stage's run FAILED here, when an earlier node of the stage had
+    opened one.
     So does any failure for a stage closed between its nodes with some of them never run (the
     ``evaluate`` stage spans ``rere``: stopped in ``rere``, it has scored SFT only).
     """

@@ -231,10 +231,11 @@ def validate_new_files(
     Bad rows go to the batch's quarantine with the rules they broke, written to
     ``quarantine_dir`` (one CSV per file) before anything can stop the cycle; a file that is
     fatal (missing column, too many bad rows, unreadable) then stops everything with that file
-    named, and is moved out of the drop into ``quarantine_dir/rejected/`` with its error
-    beside it (``reject_files``): the next retrain goes on with the other files instead of
-    failing on it again. A catalogue row whose ``item_id`` is already known under another title is
-    quarantined (rule ``item_id.known_title``): ids are never re-titled by a log drop. So is
+    named. A fatal event log is moved out of the drop into ``quarantine_dir/rejected/`` with
+    its error beside it (``reject_files``): the next retrain goes on with the other files
+    instead of failing on it again. A fatal catalogue file keeps the whole drop where it is,
+    since the drop's events may name the items it adds. A catalogue row whose ``item_id`` is
+    already known under another title is quarantined (rule ``item_id.known_title``): ids are never re-titled by a log drop. So is
     one whose title ``title_problems`` (titles -> the problem ones) finds spelling a control
     token of the model's tokenizer (rule ``title.control_token``): once in the store, such a
     title would stop every later retrain.
@@ -330,20 +331,15 @@ def reject_files(fatal: dict[NewFile, list[str]], folder: Path) -> str:
             continue
         log.error("%s is fatal: moved to %s", new.path, target)
         moved.append(new.path.name)
-    return "; ".join(
-        [
-            *(
-                [
-                    f"Moved {', '.join(moved)} to {folder} (errors in <file>.error.txt): drop a "
-                    "file in again once it, or data.validation, is fixed; the other files wait for "
-                    "the next retrain"
-                ]
-                if moved
-                else []
-            ),
-            *([f"Could not move {', '.join(stayed)} out of the drop"] if stayed else []),
-        ]
-    )
+    parts = []
+    if moved:
+        parts.append(
+            f"Moved {', '.join(moved)} to {folder} (errors in <file>.error.txt): drop a file in "
+            "again once it, or data.validation, is fixed; the other files wait for the next retrain"
+        )
+    if stayed:
+        parts.append(f"Could not move {', '.join(stayed)} out of the drop")
+    return "; ".join(parts)
 
 
 def _as_events(frames: list[pd.DataFrame]) -> pd.DataFrame:

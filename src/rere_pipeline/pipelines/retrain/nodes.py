@@ -2,8 +2,8 @@
 
 One retrain cycle is one node, ``retrain_cycle``, because it is a transaction: it holds the
 retrain lock from start to end, stops early (successfully) when there is nothing new, and
-writes the event store only once the challenger is registered, and makes it the challenger
-only then (then decides the promotion: the champion moves last, when the logs it learnt from
+writes the event store only once the new model is registered, making it the challenger
+after that (then decides the promotion: the champion moves last, when the logs it learnt from
 are on record).
 Each step calls the same node functions the ``prompts``, ``sft``, ``rere`` and ``evaluate``
 pipelines use.
