@@ -183,6 +183,12 @@ class StageRunsHook:
     # the parent was opened before `kedro run`): the stage is closed first, the parent is left
     @hook_impl(tryfirst=True)
     def on_pipeline_error(self, error, run_params, pipeline, catalog) -> None:
+        try:
+            self._fail_stages()
+        except Exception:  # kedro-mlflow's clean-up still runs, and the run's own error shows
+            log.exception("could not mark the stages' MLflow runs failed")
+
+    def _fail_stages(self) -> None:
         import mlflow
 
         client = mlflow.MlflowClient()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -78,6 +80,13 @@ def test_a_file_changed_within_the_settle_time_waits_for_the_next_run(tmp_path):
     os.utime(drop / "done.csv", (old, old))
     assert [f.path.name for f in store.new_files(drop, settle_seconds=30)] == ["done.csv"]
     assert len(store.new_files(drop)) == 2
+    # a clock skew: a file dated a day ahead is taken, not held for a day
+    ahead = time.time() + DAY
+    os.utime(drop / "copying.csv", (ahead, ahead))
+    assert len(store.new_files(drop, settle_seconds=30)) == 2
+    # a catalogue file still settling holds the whole drop: its events may name its items
+    pd.DataFrame({"item_id": ["5"], "title": ["E"]}).to_csv(drop / "items_new.csv", index=False)
+    assert store.new_files(drop, settle_seconds=30) == []
 
 
 def test_events_already_stored_or_earlier_in_the_batch_are_not_new(tmp_path):
@@ -105,11 +114,11 @@ def test_a_drop_with_nothing_new_is_recorded_without_retraining(
 ):
     """Catalogue additions and re-sent events: a no-op cycle that records the files (before,
     every scheduled run failed on them until a real log arrived). A new title the champion's
-    tokenizer would read as a control token is quarantined: in the store, it would stop every
-    later retrain."""
+    tokenizer would read as a control token first stops the drop: in the store, it would stop
+    every later retrain, and left out, the drop's events on that item would be lost."""
     from rere_pipeline.pipelines.retrain import nodes
 
-    loads = []
+    loads = []  # the champion is stubbed: only its tokenizer is used by a cycle with no news
     monkeypatch.setattr(nodes, "load_champion", lambda p: loads.append(p) or (None, tiny_backbone))
     eos = tiny_backbone.tokenizer.eos_token
     params = {
@@ -119,25 +128,39 @@ def test_a_drop_with_nothing_new_is_recorded_without_retraining(
         "quarantine_dir": str(tmp_path / "quarantine"),
     }
     seed = events([("u", 1, 10), ("u", 2, 20)])
-    (tmp_path / "new_logs").mkdir()
-    pd.DataFrame({"item_id": ["5", "6"], "title": ["E", f"F {eos}"]}).to_csv(
-        tmp_path / "new_logs/items_new.csv", index=False
-    )
-    seed.to_csv(tmp_path / "new_logs/resent.csv", index=False)
+    drop = tmp_path / "new_logs"
+    drop.mkdir()
+    items = pd.DataFrame({"item_id": ["5", "6"], "title": ["E", f"F {eos}"]})
+    items.to_csv(drop / "items_new.csv", index=False)
+    seed.to_csv(drop / "resent.csv", index=False)
     data_params = {"validation": {"max_bad_fraction": 0.5}}
-    # no model, registry or training parameters: a cycle that reached them would fail
+    # no registry or training parameters: a cycle that went on to train would fail
+    with pytest.raises(
+        validation.DataValidationError,
+        match=rf"items_new.csv: 1 title\(s\) spell .*item 6 'F {re.escape(eos)}'.*"
+        r"title.control_token(?s:.*)the whole drop waits",
+    ):
+        retrain_cycle(CATALOGUE, seed, params, data_params, *[None] * 5)
+    store = retrain.EventStore(params["store_dir"])
+    assert store.ledger() == [] and sorted(p.name for p in drop.iterdir()) == [
+        "items_new.csv",
+        "resent.csv",
+    ]
+    [quarantined] = (tmp_path / "quarantine").glob("items_new-*.csv")
+    rows = pd.read_csv(quarantined)  # the second row of the file: its position is named
+    assert rows[["source_row", "item_id", "rules"]].values.tolist() == [
+        [1, 6, "title.control_token"]
+    ]
+
+    items.assign(title=["E", "F"]).to_csv(drop / "items_new.csv", index=False)  # fixed
     report = retrain_cycle(CATALOGUE, seed, params, data_params, *[None] * 5)
     assert (
         report["status"] == "no-op"
-        and "2 already stored, 1 catalogue additions" in report["message"]
+        and "2 already stored, 2 catalogue additions" in report["message"]
     )
-    store = retrain.EventStore(params["store_dir"])
     assert [e["file"] for e in store.ledger()] == ["items_new.csv", "resent.csv"]
-    assert len(store.events()) == 2 and store.catalogue(CATALOGUE)["title"].iloc[-1] == "E"
-    [quarantined] = (tmp_path / "quarantine").glob("items_new-*.csv")
-    rows = pd.read_csv(quarantined)
-    assert rows[["item_id", "rules"]].values.tolist() == [[6, "title.control_token"]]
-    assert len(loads) == 1  # the champion's tokenizer, for the catalogue file only
+    assert len(store.events()) == 2 and store.catalogue(CATALOGUE)["title"].iloc[-1] == "F"
+    assert len(loads) == 2  # the champion's tokenizer, for the catalogue file only
     again = retrain_cycle(CATALOGUE, seed, params, data_params, *[None] * 5)
     assert again["status"] == "no-op" and "no new logs" in again["message"]
 
@@ -369,8 +392,11 @@ def test_the_demo_waits_for_no_running_retrain_and_writes_nothing_under_its_lock
             demo_new_logs(log, params)
     assert not (tmp_path / "store" / "base.parquet").exists()
     assert not (tmp_path / "new_logs").exists()
-    demo_new_logs(log, params)  # released: the demo runs
+    demo_new_logs(log, {**params, "settle_seconds": 30})  # released: the demo runs
     assert len(pd.read_csv(tmp_path / "new_logs" / "demo.csv")) == 2  # days 40 and 50
+    # complete when it appears: a retrain started at once does not wait for it to settle
+    store = retrain.EventStore(params["store_dir"])
+    assert [f.path.name for f in store.new_files(params["new_logs_dir"], 30)] == ["demo.csv"]
     assert len(pd.read_parquet(tmp_path / "store" / "base.parquet")) == 1
 
 

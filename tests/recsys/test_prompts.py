@@ -101,7 +101,10 @@ def test_titles_spelling_a_control_token_are_refused_naming_their_items(
         }
     )
     # an item no row holds: it is still in every stage's trie, so the prompts stage refuses it
-    catalogue = pd.DataFrame({"item_id": [1, 2, 7, 8, 9, 40], "title": [*titles[:5], f"x {pad}"]})
+    ids = [1, 2, 7, 8, 9, 40]
+    catalogue = pd.DataFrame(
+        {"item_id": ids, "title": [*(titles[i] for i in ids[:-1]), f"x {pad}"]}
+    )
     with pytest.raises(ValueError, match=rf"prompts: 1 title\(s\) .*item 40 'x {re.escape(pad)}'"):
         encode_split(tiny_backbone, rows, {}, catalogue)
     catalogue.loc[5, "title"] = titles[40]

@@ -178,8 +178,12 @@ class EventStore:
 
     def new_files(self, folder: str | Path, settle_seconds: float = 0) -> list[NewFile]:
         """Files in ``folder`` whose content has not been processed yet (catalogue first).
+
         A file changed less than ``settle_seconds`` ago may still be being written: it is left
-        for the next run."""
+        for the next run, and so is the whole drop while a catalogue file settles (the drop's
+        events may name its items). A file dated further than that in the future (a clock
+        skew) is taken, with a warning, rather than held for ever.
+        """
         done = {entry["sha256"] for entry in self.ledger()}
         now = time.time()
         candidates = [
@@ -187,13 +191,22 @@ class EventStore:
             for p in Path(folder).glob("*")
             if p.is_file() and p.name.endswith(LOG_SUFFIXES) and not p.name.startswith(".")
         ]
-        settling = [p for p in candidates if now - p.stat().st_mtime < settle_seconds]
+        age = {p: now - p.stat().st_mtime for p in candidates}
+        for p in candidates:
+            if age[p] <= -settle_seconds and settle_seconds:
+                log.warning("%s is dated %.0f s in the future: taken as settled", p, -age[p])
+        settling = [p for p in candidates if abs(age[p]) < settle_seconds]
         if settling:
-            log.info(
-                "%s changed less than %s s ago (may still be being written): left for the next run",
+            held = "the whole drop" if any(map(is_catalogue_file, settling)) else "they"
+            log.warning(
+                "%s changed less than %s s ago (may still be being written): %s wait for the "
+                "next run",
                 [p.name for p in settling],
                 settle_seconds,
+                held,
             )
+            if held == "the whole drop":
+                return []
         found = [NewFile(p, sha256(p)) for p in candidates if p not in settling]
         fresh = [f for f in found if f.sha256 not in done]
         return sorted(fresh, key=lambda f: (not is_catalogue_file(f.path), f.path.name))
@@ -235,10 +248,11 @@ def validate_new_files(
     its error beside it (``reject_files``): the next retrain goes on with the other files
     instead of failing on it again. A fatal catalogue file keeps the whole drop where it is,
     since the drop's events may name the items it adds. A catalogue row whose ``item_id`` is
-    already known under another title is quarantined (rule ``item_id.known_title``): ids are never re-titled by a log drop. So is
-    one whose title ``title_problems`` (titles -> the problem ones) finds spelling a control
-    token of the model's tokenizer (rule ``title.control_token``): once in the store, such a
-    title would stop every later retrain.
+    already known under another title is quarantined (rule ``item_id.known_title``): ids are
+    never re-titled by a log drop. A catalogue row whose title ``title_problems`` (titles ->
+    the problem ones) finds spelling a control token of the model's tokenizer is quarantined
+    and makes its file fatal (rule ``title.control_token``): in the store, such a title would
+    stop every later retrain, and left out, the items the drop's events name would be missing.
 
     An event already in ``stored`` (the store's events) or in an earlier file of the batch is
     not new: it is left out of the batch and counted as ``already_stored`` in the file's ledger
@@ -261,7 +275,7 @@ def validate_new_files(
             if not outcome.fatal:
                 _quarantine_retitled(outcome, raw, known)
             if not outcome.fatal and title_problems is not None and len(outcome.clean):
-                _quarantine_control_titles(outcome, raw, title_problems)
+                _refuse_control_titles(outcome, raw, title_problems)
             additions = outcome.clean
             if not outcome.fatal and len(additions):
                 batch.items[name] = additions
@@ -318,11 +332,11 @@ def reject_files(fatal: dict[NewFile, list[str]], folder: Path) -> str:
     """Move each fatal event log out of the drop into ``folder`` as ``<stem>-<hash>.<ext>`` (the
     same content lands on the same name), with its error messages in ``<name>.error.txt``;
     returns what happened, for the error message. A file that cannot be moved stays."""
-    folder.mkdir(parents=True, exist_ok=True)
     moved, stayed = [], []
     for new, messages in fatal.items():
         target = folder / f"{batch_name(new.path, new.sha256)}.{new.path.name.partition('.')[2]}"
         try:
+            folder.mkdir(parents=True, exist_ok=True)
             target.with_name(f"{target.name}.error.txt").write_text("\n".join(messages) + "\n")
             shutil.move(new.path, target)
         except OSError as exc:
@@ -338,7 +352,10 @@ def reject_files(fatal: dict[NewFile, list[str]], folder: Path) -> str:
             "again once it, or data.validation, is fixed; the other files wait for the next retrain"
         )
     if stayed:
-        parts.append(f"Could not move {', '.join(stayed)} out of the drop")
+        parts.append(
+            f"Could not move {', '.join(stayed)} out of the drop: remove it by hand, or every "
+            "retrain stops on it"
+        )
     return "; ".join(parts)
 
 
@@ -370,13 +387,15 @@ def _quarantine_retitled(
     outcome.clean = clean[old.isna()]
 
 
-def _quarantine_control_titles(
+def _refuse_control_titles(
     outcome: validation.FileValidation,
     raw: pd.DataFrame,
     title_problems: Callable[[list[str]], dict],
 ) -> None:
-    """Move the clean catalogue rows whose title spells a control token of the tokenizer that
-    will read it (``title_problems``) to the quarantine."""
+    """Quarantine the clean catalogue rows whose title spells a control token of the tokenizer
+    that will read it (``title_problems``), and make the file fatal: the drop's events may
+    name those items, and without them they would be quarantined as unknown for good. The
+    whole drop waits until the titles are fixed."""
     clean = outcome.clean
     titles = clean["title"].astype(str)
     spelt = title_problems(titles.tolist())
@@ -384,6 +403,20 @@ def _quarantine_control_titles(
     _quarantine_clean_rows(
         outcome, raw, bad, CONTROL_TOKEN_RULE, "title", "spell a control token of the tokenizer"
     )
+    if bad:
+        first = clean.loc[bad[0]]
+        outcome.fatal.append(
+            {
+                "column": "title",
+                "rule": CONTROL_TOKEN_RULE,
+                "message": (
+                    f"{outcome.source}: {len(bad)} title(s) spell special tokens of the "
+                    f"champion's tokenizer, e.g. item {first['item_id']} {first['title']!r} "
+                    f"spells {', '.join(spelt[str(first['title'])])} (rule {CONTROL_TOKEN_RULE}; "
+                    "the rows are in the quarantine file)"
+                ),
+            }
+        )
     outcome.clean = clean.drop(index=bad)
 
 

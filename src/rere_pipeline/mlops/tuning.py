@@ -72,9 +72,9 @@ def open_study(
         ),
         load_if_exists=True,
     )
-    check_heartbeat(study, heartbeat_interval)
     if setup is not None:
         check_setup(study, setup)
+    check_heartbeat(study, heartbeat_interval)
     return study
 
 
