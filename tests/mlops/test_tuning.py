@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from rere_pipeline.mlops import tuning
-from rere_pipeline.pipelines.tune.nodes import study_setup, tuned_rere_params
+from rere_pipeline.pipelines.tune.nodes import (
+    remove_ended_trials_checkpoints,
+    study_setup,
+    trial_dir,
+    tuned_rere_params,
+)
 from rere_pipeline.recsys.backbone import Backbone
 
 SPACE = {
@@ -245,3 +250,28 @@ def test_a_worker_with_another_heartbeat_interval_is_refused(tmp_path):
     tuning.open_study(storage, "beats", heartbeat_interval=60)  # the same: joined
     with pytest.raises(ValueError, match="created with tune.heartbeat_interval 60, this worker"):
         tuning.open_study(storage, "beats", heartbeat_interval=10)
+
+
+def test_a_new_worker_removes_the_checkpoints_ended_trials_left(tmp_path):
+    """A killed trial never ran its clean-up; a running or queued trial keeps its folder."""
+    study = tuning.open_study(f"sqlite:///{tmp_path}/optuna.db", "left")
+    distribution = {"beta": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
+    for state in ("FAIL", "COMPLETE", "PRUNED"):
+        study.add_trial(
+            optuna.create_trial(
+                state=optuna.trial.TrialState[state],
+                params={"beta": 1e-2},
+                distributions=distribution,
+                value=0.1 if state == "COMPLETE" else None,
+            )
+        )
+    study.enqueue_trial({"beta": 1e-3})
+    assert study.ask().number == 3  # the queued trial, now RUNNING
+    study.enqueue_trial({"beta": 1e-3})  # trial 4, WAITING
+    output_dir = str(tmp_path / "rere_checkpoints")
+    for number in range(5):
+        (tmp_path / f"rere_checkpoints_trial{number}" / "checkpoint-2").mkdir(parents=True)
+    remove_ended_trials_checkpoints(study, output_dir)
+    left = sorted(p.name for p in tmp_path.glob("rere_checkpoints_trial*"))
+    assert left == ["rere_checkpoints_trial3", "rere_checkpoints_trial4"]
+    assert trial_dir(output_dir, 3) == str(tmp_path / "rere_checkpoints_trial3")

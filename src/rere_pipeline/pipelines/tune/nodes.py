@@ -59,13 +59,14 @@ def tune_rere(
         len(study.trials),
     )
 
+    remove_ended_trials_checkpoints(study, rere_params["output_dir"])
     rows_cache: dict = {}  # trials with the same group size and budget share their rows
 
     def objective(trial: optuna.Trial) -> float:
         # a worker that created the study at the same moment may have recorded its setup
         tuning.check_setup(study, setup)
         overrides = tuning.suggest(trial, params["search_space"])
-        output_dir = f"{rere_params['output_dir']}_trial{trial.number}"
+        output_dir = trial_dir(rere_params["output_dir"], trial.number)
         trial_params = {
             **trial_base(params, rere_params),
             **overrides,
@@ -140,6 +141,22 @@ _NOT_SETUP = (
     "loss_head",
     "gradient_checkpointing",
 )
+
+
+def trial_dir(output_dir: str, number: int) -> str:
+    """Where trial ``number`` keeps its checkpoints (removed when the trial ends)."""
+    return f"{output_dir}_trial{number}"
+
+
+def remove_ended_trials_checkpoints(study: optuna.Study, output_dir: str) -> None:
+    """Remove the checkpoint folders that ended trials left on this machine: a trial whose
+    worker was killed never ran its clean-up. Running and queued trials keep theirs."""
+    alive = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    for trial in study.get_trials(deepcopy=False):
+        folder = trial_dir(output_dir, trial.number)
+        if trial.state not in alive and os.path.isdir(folder):
+            shutil.rmtree(folder)
+            log.info("removed %s, left by trial %d (%s)", folder, trial.number, trial.state.name)
 
 
 def trial_base(params: dict, rere_params: dict) -> dict:
