@@ -21,6 +21,17 @@ def events(rows) -> pd.DataFrame:
     return frame.assign(timestamp=frame["timestamp"] + T0).astype({"user_id": str})
 
 
+def cycle_params(tmp_path, **extra) -> dict:
+    """``parameters_retrain.yml``'s folders under ``tmp_path`` (plus ``extra``)."""
+    return {
+        "store_dir": str(tmp_path / "store"),
+        "lock_file": str(tmp_path / "store/.lock"),
+        "new_logs_dir": str(tmp_path / "new_logs"),
+        "quarantine_dir": str(tmp_path / "quarantine"),
+        **extra,
+    }
+
+
 def _new(path) -> list[retrain.NewFile]:
     return [retrain.NewFile(path, retrain.sha256(path))]
 
@@ -121,12 +132,7 @@ def test_a_drop_with_nothing_new_is_recorded_without_retraining(
     loads = []  # the champion is stubbed: only its tokenizer is used by a cycle with no news
     monkeypatch.setattr(nodes, "load_champion", lambda p: loads.append(p) or (None, tiny_backbone))
     eos = tiny_backbone.tokenizer.eos_token
-    params = {
-        "store_dir": str(tmp_path / "store"),
-        "lock_file": str(tmp_path / "store/.lock"),
-        "new_logs_dir": str(tmp_path / "new_logs"),
-        "quarantine_dir": str(tmp_path / "quarantine"),
-    }
+    params = cycle_params(tmp_path)
     seed = events([("u", 1, 10), ("u", 2, 20)])
     drop = tmp_path / "new_logs"
     drop.mkdir()
@@ -167,12 +173,7 @@ def test_a_drop_with_nothing_new_is_recorded_without_retraining(
 
 def test_a_fatal_file_fails_one_retrain_then_no_longer_blocks_the_others(tmp_path):
     """A fatal file used to stay in the drop and fail every scheduled retrain after it."""
-    params = {
-        "store_dir": str(tmp_path / "store"),
-        "lock_file": str(tmp_path / "store/.lock"),
-        "new_logs_dir": str(tmp_path / "new_logs"),
-        "quarantine_dir": str(tmp_path / "quarantine"),
-    }
+    params = cycle_params(tmp_path)
     seed = events([("u", 1, 10), ("u", 2, 20)])
     (tmp_path / "new_logs").mkdir()
     seed.to_csv(tmp_path / "new_logs/resent.csv", index=False)
@@ -381,12 +382,7 @@ def test_the_demo_waits_for_no_running_retrain_and_writes_nothing_under_its_lock
     from rere_pipeline.pipelines.retrain.nodes import demo_new_logs
 
     log = events([("u", 1, 0), ("u", 2, 40 * DAY), ("v", 3, 50 * DAY)])
-    params = {
-        "store_dir": str(tmp_path / "store"),
-        "lock_file": str(tmp_path / "store" / ".retrain.lock"),
-        "new_logs_dir": str(tmp_path / "new_logs"),
-        "demo": {"holdout_days": 30, "file": "demo.csv"},
-    }
+    params = cycle_params(tmp_path, demo={"holdout_days": 30, "file": "demo.csv"})
     with retrain.retrain_lock(params["lock_file"]):  # a retrain is running
         with pytest.raises(retrain.RetrainLocked, match="another retrain is running"):
             demo_new_logs(log, params)
@@ -445,7 +441,9 @@ def test_a_retrain_model_is_made_challenger_only_once_its_logs_are_committed(
 
     def register_model(model, catalogue, valid, tags, params, *_, challenger=True):
         version = str(client.create_model_version("m", source=str(tmp_path)).version)
-        registry.set_challenger("m", version, tags, challenger)
+        registry.tag_version("m", version, tags)
+        if challenger:
+            registry.set_challenger("m", version)
         return version, f"models:/m/{version}"
 
     def report(label, *_, **__):
@@ -469,15 +467,7 @@ def test_a_retrain_model_is_made_challenger_only_once_its_logs_are_committed(
         monkeypatch.setattr(target, name, stub)
     monkeypatch.setattr(retrain.EventStore, "commit", commit)
 
-    params = {
-        "store_dir": str(tmp_path / "store"),
-        "lock_file": str(tmp_path / "store/.lock"),
-        "new_logs_dir": str(tmp_path / "new_logs"),
-        "quarantine_dir": str(tmp_path / "quarantine"),
-        "window_days": 10,
-        "sft": {},
-        "rere": {},
-    }
+    params = cycle_params(tmp_path, window_days=10, sft={}, rere={})
     days = range(0, 70, 5)  # two users, one event every 5 days; the last two days are new
     log = events([(u, 1 + (d // 5) % 4, d * DAY) for u in ("u", "v") for d in days])
     (tmp_path / "new_logs").mkdir()

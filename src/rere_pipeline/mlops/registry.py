@@ -72,14 +72,16 @@ def version_by_alias(client: mlflow.MlflowClient, name: str, alias: str):
         raise
 
 
-def set_challenger(name: str, version: str, tags: dict[str, str], alias: bool = True) -> None:
-    """Tag ``version``, then (``alias``) make it the challenger."""
+def tag_version(name: str, version: str, tags: dict[str, str]) -> None:
     client = mlflow.MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
-    if not alias:
-        return
-    client.set_registered_model_alias(name, CHALLENGER, version)
+
+
+def set_challenger(name: str, version: str, tags: dict[str, str] | None = None) -> None:
+    """Tag ``version`` (``tags``), then make it the challenger."""
+    tag_version(name, version, tags or {})
+    mlflow.MlflowClient().set_registered_model_alias(name, CHALLENGER, version)
     log.info("%s version %s is the challenger (%s)", name, version, tags)
 
 

@@ -261,7 +261,7 @@ def validate_new_files(
     batch = Batch()
     known = catalogue[["item_id", "title"]]
     seen = set(_event_keys(stored)) if stored is not None else set()
-    outcomes, fatal = [], {}
+    fatal: dict[NewFile, list[str]] = {}
     for new in files:
         path, digest = new.path, new.sha256
         try:
@@ -294,7 +294,6 @@ def validate_new_files(
                 if len(events):
                     batch.events[name] = events[["user_id", "item_id", "timestamp", "rating"]]
                 kept = len(events)
-        outcomes.append(outcome)
         if outcome.fatal:
             fatal[new] = [finding["message"] for finding in outcome.fatal]
         if len(outcome.quarantine):

@@ -94,7 +94,9 @@ def register_model(
     version = str(info.registered_model_version)
     # every row the model trained on has a target before the valid rows it is scored on
     trained_before = {registry.TRAINED_BEFORE: str(int(valid["timestamp"].min()))}
-    registry.set_challenger(params["model_name"], version, {**tags, **trained_before}, challenger)
+    registry.tag_version(params["model_name"], version, {**tags, **trained_before})
+    if challenger:
+        registry.set_challenger(params["model_name"], version)
     return version, info.model_uri
 
 

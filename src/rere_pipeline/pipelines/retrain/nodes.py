@@ -182,7 +182,7 @@ def retrain_cycle(
         # compared_with_* tags; rescoring is only for a champion promoted by hand meanwhile
         rescore = new_rows_rescorer({f"models:/{name}/{version}": valid["NDCG@10"]}, score_uri)
         try:
-            registry.set_challenger(name, version, {})
+            registry.set_challenger(name, version)
             # a challenger alias moved by another register meanwhile stops the promotion: this
             # cycle never scored that model
             decision = registry.promote(
